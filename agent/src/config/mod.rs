@@ -1,0 +1,293 @@
+//! Wire types of the journey file format (v1) and loading them from disk.
+//!
+//! These types mirror the YAML exactly and reject unknown keys. They carry
+//! source locations ([`Loc`]) for every value that `journey::build` validates,
+//! so its errors can name file, line and column. Nothing here interprets a
+//! value: durations, URLs, regexes and JSONPath stay strings until
+//! `journey::build`, and no runtime code sees these types.
+
+mod load;
+
+pub use load::{ConfigError, LoadedFile, SourceFile, load_paths, parse_file};
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer};
+
+/// The version of the journey file format this agent reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A value with the line and column (1-based) where it appears.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loc<T> {
+    pub value: T,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Loc {
+            value: s.value,
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Loc<T> {
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+}
+
+/// One journey: a named, scheduled sequence of steps.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyConfig {
+    /// Format version; only `1` exists. Optional.
+    #[serde(default)]
+    pub version: Option<Loc<u32>>,
+    /// Unique name across every loaded file; used in metrics and span names.
+    pub name: Loc<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// When the journey runs. Default: every 1m.
+    #[serde(default)]
+    pub schedule: Option<Loc<ScheduleConfig>>,
+    /// Deadline for the whole run, enforced around it (e.g. `45s`). Default 30s.
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Extra labels on the journey's results (bounded, user-chosen).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Variables usable as `${name}` in the steps. Values may use
+    /// `${env:NAME}` and `${file:PATH}` secret references.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Loc<String>>,
+    pub steps: Vec<StepConfig>,
+}
+
+/// `{ every: 1m }` or `{ cron: "*/5 * * * *" }`.
+#[derive(Debug, Deserialize, JsonSchema, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Run at a fixed interval, e.g. `30s`, `1m`, `1h`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// A 5-field (minute) or 6-field (second) cron expression, in UTC.
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+/// One step: exactly one probe kind (`http`), with optional expectations
+/// and extractions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub name: Loc<String>,
+    /// Deadline for this step (also bounded by the journey's).
+    #[serde(default)]
+    pub timeout: Option<Loc<String>>,
+    /// Run the following steps even if this one fails. Default false.
+    #[serde(default)]
+    pub continue_on_failure: bool,
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub expect: Option<ExpectConfig>,
+    /// Variables to set for later steps, by name.
+    #[serde(default)]
+    pub extract: BTreeMap<String, Loc<ExtractConfig>>,
+}
+
+/// An HTTP request on a fresh connection.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Any method; default GET.
+    #[serde(default)]
+    pub method: Option<Loc<String>>,
+    /// Absolute http:// or https:// URL.
+    pub url: Loc<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Loc<String>>,
+    /// Query parameters appended to the URL (percent-encoded).
+    #[serde(default)]
+    pub query: BTreeMap<String, Loc<String>>,
+    #[serde(default)]
+    pub body: Option<Loc<BodyConfig>>,
+    /// Follow redirects (default true), at most `max_redirects` (default 10).
+    #[serde(default)]
+    pub follow_redirects: Option<bool>,
+    #[serde(default)]
+    pub max_redirects: Option<u32>,
+    /// Skip TLS certificate verification. Default false.
+    #[serde(default)]
+    pub insecure: bool,
+    /// PEM file of extra CA certificates to trust (relative to the journey file).
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+    /// Largest response body accepted, e.g. `10MiB` (the default), `512KiB`.
+    #[serde(default)]
+    pub max_body: Option<Loc<String>>,
+}
+
+/// Exactly one of `raw`, `json` or `form`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyConfig {
+    #[serde(default)]
+    pub raw: Option<String>,
+    /// Sent as JSON; string values may use `${...}` references.
+    #[serde(default)]
+    pub json: Option<serde_json::Value>,
+    /// Sent as `application/x-www-form-urlencoded`.
+    #[serde(default)]
+    pub form: Option<BTreeMap<String, String>>,
+    /// Overrides the content type implied by the body kind.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// What must hold for the step to pass.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectConfig {
+    /// `200`, `"2xx"`, or a list of either. Default: `2xx`.
+    #[serde(default)]
+    pub status: Option<Loc<StatusConfig>>,
+    /// Response headers by name (case-insensitive).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Loc<Matcher>>,
+    #[serde(default)]
+    pub body: Option<Loc<BodyExpect>>,
+    /// RFC 9535 JSONPath expressions and what their single match must satisfy.
+    #[serde(default)]
+    pub json: BTreeMap<String, Loc<Matcher>>,
+    /// The step's total time must stay below this, e.g. `2s`.
+    #[serde(default)]
+    pub latency_below: Option<Loc<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum StatusConfig {
+    One(StatusItem),
+    Many(Vec<StatusItem>),
+}
+
+/// A code (`204`) or a class (`"2xx"`).
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(u16),
+    Class(String),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyExpect {
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub not_contains: Option<String>,
+    /// A regular expression the body must match.
+    #[serde(default)]
+    pub matches: Option<String>,
+}
+
+/// A bare value means `equals`; a map states the comparisons.
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum Matcher {
+    Ops(MatcherOps),
+    Equals(serde_json::Value),
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherOps {
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub not_equals: Option<serde_json::Value>,
+    /// `true`: at least one match; `false`: none.
+    #[serde(default)]
+    pub exists: Option<bool>,
+    /// Substring of the value's text.
+    #[serde(default)]
+    pub contains: Option<String>,
+    /// Regular expression over the value's text.
+    #[serde(default)]
+    pub matches: Option<String>,
+    #[serde(default)]
+    pub gt: Option<f64>,
+    #[serde(default)]
+    pub gte: Option<f64>,
+    #[serde(default)]
+    pub lt: Option<f64>,
+    #[serde(default)]
+    pub lte: Option<f64>,
+    /// Exact length of an array, object or string.
+    #[serde(default)]
+    pub length: Option<u64>,
+}
+
+/// Exactly one source: `json`, `regex`, `header` or `cookie`.
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// JSONPath with a single match; strings are taken as is, other values as JSON text.
+    #[serde(default)]
+    pub json: Option<String>,
+    /// Regular expression over the body; the first capture group, or the whole match.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// A response header's value.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A cookie's value from the run's cookie jar.
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// The JSON Schema of a journey file (one journey or a list of them).
+pub fn json_schema() -> serde_json::Value {
+    let one = schemars::schema_for!(JourneyConfig);
+    let mut root = serde_json::to_value(&one).unwrap_or_default();
+    let defs = root
+        .as_object_mut()
+        .and_then(|o| o.remove("$defs"))
+        .unwrap_or_else(|| serde_json::json!({}));
+    let mut journey = root.clone();
+    if let Some(o) = journey.as_object_mut() {
+        o.remove("$schema");
+        o.remove("title");
+    }
+    let mut defs = defs.as_object().cloned().unwrap_or_default();
+    defs.insert("JourneyConfig".into(), journey);
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://vantage.dev/schema/journey-v1.json",
+        "title": "Vantage journey file (format v1)",
+        "description": "One journey, or a list of journeys.",
+        "oneOf": [
+            { "$ref": "#/$defs/JourneyConfig" },
+            { "type": "array", "items": { "$ref": "#/$defs/JourneyConfig" } }
+        ],
+        "$defs": defs,
+    })
+}

@@ -1,0 +1,372 @@
+//! Expectations and extractions: judging what a probe observed, and taking
+//! values from it for later steps. Probes never judge; this module never
+//! performs I/O.
+
+use std::time::Duration;
+
+use http::HeaderName;
+use regex::Regex;
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+use crate::probes::Observation;
+use crate::probes::http::HttpResponse;
+use crate::report::ErrorKind;
+
+#[derive(Debug)]
+pub enum Expectation {
+    Status(Vec<StatusMatch>),
+    Header { name: HeaderName, matcher: Matcher },
+    BodyContains(String),
+    BodyNotContains(String),
+    BodyMatches(Regex),
+    Json { path: JsonPath, text: String, matcher: Matcher },
+    LatencyBelow(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatusMatch {
+    Code(u16),
+    /// The hundreds digit: `2` for `2xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    fn matches(&self, code: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => *c == code,
+            StatusMatch::Class(c) => code / 100 == *c,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Code(c) => write!(f, "{c}"),
+            StatusMatch::Class(c) => write!(f, "{c}xx"),
+        }
+    }
+}
+
+/// A conjunction of comparisons on one value.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Equals(Value),
+    NotEquals(Value),
+    Exists(bool),
+    Contains(String),
+    Matches(Regex),
+    Gt(f64),
+    Gte(f64),
+    Lt(f64),
+    Lte(f64),
+    Length(u64),
+}
+
+#[derive(Debug)]
+pub enum Extraction {
+    Json { path: JsonPath, text: String },
+    Regex(Regex),
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// A failed expectation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+fn fail(message: String) -> Failure {
+    Failure {
+        kind: ErrorKind::Assertion,
+        message,
+    }
+}
+
+/// Checks every expectation; returns all that failed, in order.
+pub fn check(expectations: &[Expectation], obs: &Observation) -> Vec<Failure> {
+    let Observation::Http(resp) = obs;
+    let mut failures = Vec::new();
+    let mut json: Option<Result<Value, String>> = None;
+    for e in expectations {
+        if let Err(f) = check_one(e, resp, &mut json) {
+            failures.push(f);
+        }
+    }
+    failures
+}
+
+fn check_one(
+    e: &Expectation,
+    resp: &HttpResponse,
+    json: &mut Option<Result<Value, String>>,
+) -> Result<(), Failure> {
+    match e {
+        Expectation::Status(allowed) => {
+            let code = resp.status.as_u16();
+            if allowed.iter().any(|m| m.matches(code)) {
+                return Ok(());
+            }
+            let list = allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Failure {
+                kind: ErrorKind::Status(code),
+                message: format!("expected status {list}, got {code}{}", body_hint(&resp.body)),
+            })
+        }
+        Expectation::Header { name, matcher } => {
+            let values: Vec<Value> = resp
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            matcher
+                .check(&values)
+                .map_err(|m| fail(format!("header `{name}`: {m}")))
+        }
+        Expectation::BodyContains(s) => {
+            if String::from_utf8_lossy(&resp.body).contains(s.as_str()) {
+                Ok(())
+            } else {
+                Err(fail(format!(
+                    "body does not contain {}{}",
+                    quote(s),
+                    body_hint(&resp.body)
+                )))
+            }
+        }
+        Expectation::BodyNotContains(s) => {
+            if String::from_utf8_lossy(&resp.body).contains(s.as_str()) {
+                Err(fail(format!("body contains {}", quote(s))))
+            } else {
+                Ok(())
+            }
+        }
+        Expectation::BodyMatches(re) => {
+            if re.is_match(&String::from_utf8_lossy(&resp.body)) {
+                Ok(())
+            } else {
+                Err(fail(format!(
+                    "body does not match /{}/{}",
+                    re.as_str(),
+                    body_hint(&resp.body)
+                )))
+            }
+        }
+        Expectation::Json {
+            path,
+            text,
+            matcher,
+        } => {
+            let doc = json
+                .get_or_insert_with(|| parse_json(&resp.body))
+                .as_ref()
+                .map_err(|e| fail(format!("{text}: {e}")))?;
+            let nodes: Vec<Value> = path.query(doc).all().into_iter().cloned().collect();
+            matcher
+                .check(&nodes)
+                .map_err(|m| fail(format!("{text}: {m}")))
+        }
+        Expectation::LatencyBelow(limit) => {
+            if resp.elapsed < *limit {
+                Ok(())
+            } else {
+                Err(fail(format!(
+                    "took {}, expected below {}",
+                    fmt_secs(resp.elapsed),
+                    fmt_secs(*limit)
+                )))
+            }
+        }
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("response body is not JSON ({e})"))
+}
+
+impl Matcher {
+    /// `nodes` are the values found (JSONPath matches or header values).
+    fn check(&self, nodes: &[Value]) -> Result<(), String> {
+        for op in &self.ops {
+            if let Op::Exists(want) = op {
+                let found = !nodes.is_empty();
+                if found != *want {
+                    return Err(if *want {
+                        "expected a match, found none".into()
+                    } else {
+                        format!("expected no match, found {}", show(&nodes[0]))
+                    });
+                }
+                continue;
+            }
+            let value = match nodes {
+                [] => return Err("no match in the response".into()),
+                [one] => one,
+                many => {
+                    return Err(format!(
+                        "expected exactly one match, found {} (make the path select one value)",
+                        many.len()
+                    ));
+                }
+            };
+            op.check(value)?;
+        }
+        Ok(())
+    }
+}
+
+impl Op {
+    fn check(&self, v: &Value) -> Result<(), String> {
+        let ok = match self {
+            Op::Exists(_) => true,
+            Op::Equals(want) => values_equal(v, want),
+            Op::NotEquals(want) => !values_equal(v, want),
+            Op::Contains(s) => text_of(v).contains(s.as_str()),
+            Op::Matches(re) => re.is_match(&text_of(v)),
+            Op::Gt(n) | Op::Gte(n) | Op::Lt(n) | Op::Lte(n) => {
+                let Some(x) = number_of(v) else {
+                    return Err(format!("expected a number, got {}", show(v)));
+                };
+                match self {
+                    Op::Gt(_) => x > *n,
+                    Op::Gte(_) => x >= *n,
+                    Op::Lt(_) => x < *n,
+                    _ => x <= *n,
+                }
+            }
+            Op::Length(n) => match v {
+                Value::Array(a) => a.len() as u64 == *n,
+                Value::Object(o) => o.len() as u64 == *n,
+                Value::String(s) => s.chars().count() as u64 == *n,
+                _ => false,
+            },
+        };
+        if ok {
+            return Ok(());
+        }
+        let want = match self {
+            Op::Exists(_) => String::new(),
+            Op::Equals(w) => show(w),
+            Op::NotEquals(w) => format!("anything but {}", show(w)),
+            Op::Contains(s) => format!("a value containing {}", quote(s)),
+            Op::Matches(re) => format!("a value matching /{}/", re.as_str()),
+            Op::Gt(n) => format!("> {n}"),
+            Op::Gte(n) => format!(">= {n}"),
+            Op::Lt(n) => format!("< {n}"),
+            Op::Lte(n) => format!("<= {n}"),
+            Op::Length(n) => format!("length {n}"),
+        };
+        Err(format!("expected {want}, got {}", show(v)))
+    }
+}
+
+/// Equality where numbers compare by value (1 == 1.0) and a string equals a
+/// number or bool written the same way (header values are strings).
+fn values_equal(got: &Value, want: &Value) -> bool {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::String(a), Value::Number(_) | Value::Bool(_)) => *a == want.to_string(),
+        _ => got == want,
+    }
+}
+
+fn number_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A value as text: strings as they are, anything else as JSON.
+pub fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        format!("{}…", &s[..s.floor_char_boundary(120)])
+    } else {
+        s
+    }
+}
+
+fn quote(s: &str) -> String {
+    show(&Value::String(s.to_string()))
+}
+
+/// The start of a body, for messages: enough to recognise an error page.
+fn body_hint(body: &[u8]) -> String {
+    if body.is_empty() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(" (body starts: {})", quote(&one_line))
+}
+
+fn fmt_secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+/// Takes a value out of an observation; `cookies` is the run's jar.
+pub fn extract(
+    ex: &Extraction,
+    obs: &Observation,
+    cookies: &cookie_store::CookieStore,
+) -> Result<String, String> {
+    let Observation::Http(resp) = obs;
+    match ex {
+        Extraction::Json { path, text } => {
+            let doc = parse_json(&resp.body)?;
+            let nodes = path.query(&doc).all();
+            match nodes.as_slice() {
+                [one] => Ok(text_of(one)),
+                [] => Err(format!("{text} matched nothing")),
+                many => Err(format!(
+                    "{text} matched {} values; it must select one",
+                    many.len()
+                )),
+            }
+        }
+        Extraction::Regex(re) => {
+            let body = String::from_utf8_lossy(&resp.body);
+            let caps = re
+                .captures(&body)
+                .ok_or_else(|| format!("/{}/ did not match the body", re.as_str()))?;
+            let m = caps.get(1).or_else(|| caps.get(0));
+            Ok(m.map(|m| m.as_str().to_string()).unwrap_or_default())
+        }
+        Extraction::Header(name) => resp
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .ok_or_else(|| format!("no `{name}` header in the response")),
+        Extraction::Cookie(name) => cookies
+            .iter_unexpired()
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_string())
+            .ok_or_else(|| format!("no cookie `{name}` in the run's cookie jar")),
+    }
+}

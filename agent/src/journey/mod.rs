@@ -1,0 +1,77 @@
+//! The built journey model, and running it.
+//!
+//! `build` turns config wire types into these types: durations parsed, URLs
+//! parsed, regexes and JSONPath compiled, secrets resolved and registered
+//! with the journey's redactor. After `build` nothing is a string that might
+//! be a URL, and nothing can fail to parse. `runner` executes a journey and
+//! returns its one report; `assert` judges what a probe observed.
+
+pub mod assert;
+pub mod build;
+pub mod runner;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::probes::Action;
+pub use assert::{Expectation, Extraction};
+pub use build::{BuildOptions, build_all};
+pub use template::{Redactor, Template, Vars};
+
+/// A journey ready to run.
+#[derive(Debug)]
+pub struct Journey {
+    pub name: Arc<str>,
+    /// `file:line` of its definition, for logs.
+    pub source: Arc<str>,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub steps: Vec<Step>,
+    pub redactor: Redactor,
+}
+
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(Arc<CronSchedule>),
+}
+
+/// A parsed cron expression (UTC) with its source text for display.
+#[derive(Debug)]
+pub struct CronSchedule {
+    pub text: String,
+    pub cron: croner::Cron,
+}
+
+impl Schedule {
+    /// The nominal gap between runs (for cron, the gap after `now`).
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(d) => format!("every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => format!("cron \"{}\"", c.text),
+        }
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Schedule::Every(a), Schedule::Every(b)) => a == b,
+            (Schedule::Cron(a), Schedule::Cron(b)) => a.text == b.text,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: Arc<str>,
+    pub timeout: Option<Duration>,
+    pub continue_on_failure: bool,
+    pub action: Action,
+    pub expect: Vec<Expectation>,
+    pub extract: Vec<(String, Extraction)>,
+}

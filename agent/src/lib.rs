@@ -1,0 +1,10 @@
+//! Vantage: a synthetic and real-user monitoring probe agent.
+//!
+//! Data flows one way: `config` (wire types) → `journey::build` (the model)
+//! → `scheduler` → `journey::runner` + `probes` → `report` → consumers
+//! (`telemetry`, the CLI). See ARCHITECTURE.md for the map and invariants.
+
+pub mod config;
+pub mod journey;
+pub mod probes;
+pub mod report;

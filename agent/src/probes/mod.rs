@@ -1,0 +1,196 @@
+//! Probes: one file per step kind, behind one enum.
+//!
+//! A probe performs one attempt on fresh connections, records its calls and
+//! phase timings in a [`Recorder`], and returns what it observed. It never
+//! retries, never pools connections across runs, never judges (expectations
+//! live in `journey::assert`) and never exports: this module imports neither
+//! `telemetry`, `store` nor `server`. Deadlines are enforced around a probe by
+//! the runner; the recorder tells the runner which phase a timeout hit.
+//!
+//! Adding a kind is one file here plus one arm in [`Action`] and [`run`].
+
+pub mod http;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::journey::Vars;
+use crate::report::{Call, CallDetail, ErrorKind, Phase, SpanId, TraceId};
+
+/// What a step does.
+#[derive(Debug)]
+pub enum Action {
+    Http(http::HttpRequest),
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Http(_) => "http",
+        }
+    }
+}
+
+/// What a probe saw; judged by `journey::assert`.
+#[derive(Debug)]
+pub enum Observation {
+    Http(http::HttpResponse),
+}
+
+/// A probe failure before anything could be judged. `kind` becomes `error.type`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProbeError {
+    pub kind: ErrorKind,
+    pub phase: Option<Phase>,
+    pub message: String,
+}
+
+impl ProbeError {
+    pub fn new(kind: ErrorKind, phase: Option<Phase>, message: impl Into<String>) -> Self {
+        ProbeError {
+            kind,
+            phase,
+            message: message.into(),
+        }
+    }
+}
+
+/// Shared, read-only things probes need: built once per agent.
+pub struct ProbeEnv {
+    pub resolver: hickory_resolver::TokioResolver,
+    pub user_agent: String,
+}
+
+impl ProbeEnv {
+    pub fn new() -> Result<Self, String> {
+        let mut builder = hickory_resolver::Resolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+        // Every run resolves afresh: a cached answer would hide a DNS outage.
+        builder.options_mut().cache_size = 0;
+        builder.options_mut().attempts = 1;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(ProbeEnv {
+            resolver,
+            user_agent: format!("Vantage/{} (synthetic)", env!("CARGO_PKG_VERSION")),
+        })
+    }
+}
+
+/// Per-step inputs and outputs of a probe.
+pub struct Ctx<'a> {
+    pub env: &'a ProbeEnv,
+    pub trace_id: TraceId,
+    pub vars: &'a Vars,
+    pub cookies: &'a mut cookie_store::CookieStore,
+    pub rec: &'a mut Recorder,
+}
+
+/// Runs one step's action.
+pub async fn run(action: &Action, ctx: Ctx<'_>) -> Result<Observation, ProbeError> {
+    match action {
+        Action::Http(req) => http::run(req, ctx).await.map(Observation::Http),
+    }
+}
+
+/// Where a probe is and what calls it made. Owned by the runner and lent to
+/// the probe, so when a deadline drops the probe mid-call the runner still
+/// knows the phase and can close the open call.
+#[derive(Default)]
+pub struct Recorder {
+    pub phase: Option<Phase>,
+    pub calls: Vec<Call>,
+    open: Option<OpenCall>,
+}
+
+struct OpenCall {
+    span_id: SpanId,
+    started_at: SystemTime,
+    start: Instant,
+    phase_start: Instant,
+    detail: CallDetail,
+}
+
+impl Recorder {
+    /// Starts a call; returns the span id to put in `traceparent`.
+    pub fn begin_call(&mut self, detail: CallDetail) -> SpanId {
+        let now = Instant::now();
+        let span_id = SpanId::random();
+        self.open = Some(OpenCall {
+            span_id,
+            started_at: SystemTime::now(),
+            start: now,
+            phase_start: now,
+            detail,
+        });
+        self.phase = None;
+        span_id
+    }
+
+    /// Enters `phase`, closing the previous one's timing.
+    pub fn enter(&mut self, phase: Phase) {
+        self.close_phase();
+        self.phase = Some(phase);
+    }
+
+    fn close_phase(&mut self) {
+        let now = Instant::now();
+        if let (Some(open), Some(prev)) = (self.open.as_mut(), self.phase) {
+            let CallDetail::Http(h) = &mut open.detail;
+            h.phases.set(prev, now - open.phase_start);
+            open.phase_start = now;
+        } else if let Some(open) = self.open.as_mut() {
+            open.phase_start = now;
+        }
+    }
+
+    /// Gives mutable access to the open call's details (status, peer, ...).
+    pub fn detail_mut(&mut self) -> Option<&mut CallDetail> {
+        self.open.as_mut().map(|o| &mut o.detail)
+    }
+
+    /// Ends the open call; `error_type` is set when it failed.
+    pub fn end_call(&mut self, error_type: Option<String>) {
+        self.close_phase();
+        if let Some(open) = self.open.take() {
+            self.calls.push(Call {
+                span_id: open.span_id,
+                started_at: open.started_at,
+                duration: open.start.elapsed(),
+                error_type,
+                detail: open.detail,
+            });
+        }
+    }
+
+    /// Closes a call the probe could not finish (deadline or cancellation).
+    pub fn abort(&mut self, kind: ErrorKind) {
+        if self.open.is_some() {
+            self.end_call(Some(kind.as_str().into_owned()));
+        }
+    }
+
+    pub fn total_phase_time(&self) -> Duration {
+        self.calls.iter().map(|c| c.duration).sum()
+    }
+}
+
+/// Shared TLS client configurations, built once.
+pub fn shared_tls(insecure: bool) -> Arc<rustls::ClientConfig> {
+    use std::sync::OnceLock;
+    static VERIFIED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    static INSECURE: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let cell = if insecure { &INSECURE } else { &VERIFIED };
+    cell.get_or_init(|| {
+        // Without an extra CA file the only fallible part is the protocol
+        // version list, which the ring provider always supports.
+        #[allow(clippy::expect_used)]
+        let config = http::tls_config(None, insecure).expect("ring supports TLS 1.2 and 1.3");
+        Arc::new(config)
+    })
+    .clone()
+}
