@@ -72,7 +72,7 @@ pub struct JourneyConfig {
     pub timeout: Option<Loc<String>>,
     /// Extra labels on the journey's results (bounded, user-chosen).
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, Loc<String>>,
     /// Variables usable as `${name}` in the steps. Values may use
     /// `${env:NAME}` and `${file:PATH}` secret references.
     #[serde(default)]

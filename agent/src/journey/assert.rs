@@ -16,11 +16,18 @@ use crate::report::ErrorKind;
 #[derive(Debug)]
 pub enum Expectation {
     Status(Vec<StatusMatch>),
-    Header { name: HeaderName, matcher: Matcher },
+    Header {
+        name: HeaderName,
+        matcher: Matcher,
+    },
     BodyContains(String),
     BodyNotContains(String),
     BodyMatches(Regex),
-    Json { path: JsonPath, text: String, matcher: Matcher },
+    Json {
+        path: JsonPath,
+        text: String,
+        matcher: Matcher,
+    },
     LatencyBelow(Duration),
 }
 
@@ -122,7 +129,10 @@ fn check_one(
                 .join(", ");
             Err(Failure {
                 kind: ErrorKind::Status(code),
-                message: format!("expected status {list}, got {code}{}", body_hint(&resp.body)),
+                message: format!(
+                    "expected status {list}, got {code}{}",
+                    body_hint(&resp.body)
+                ),
             })
         }
         Expectation::Header { name, matcher } => {

@@ -16,7 +16,7 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 
 use super::assert::{Expectation, Extraction, Matcher, Op, StatusMatch};
-use super::template::{Redactor, Scope, Template, resolve};
+use super::template::{Redactor, ResolveError, Scope, Template, resolve};
 use super::{CronSchedule, Journey, Schedule, Step};
 use crate::config::{
     self, ConfigError, ExpectConfig, HttpConfig, JourneyConfig, LoadedFile, Loc, SourceFile,
@@ -27,6 +27,22 @@ use crate::probes::http::{
     BodyTemplate, DEFAULT_MAX_BODY, DEFAULT_MAX_REDIRECTS, HttpRequest, JsonTemplate, UrlTemplate,
     parse_http_url, tls_config,
 };
+
+/// Label names Vantage itself puts on results.
+const RESERVED_LABELS: &[&str] = &[
+    "journey",
+    "step",
+    "location",
+    "phase",
+    "error_type",
+    "method",
+    "le",
+    "quantile",
+    "job",
+    "instance",
+    "signal",
+    "version",
+];
 
 /// Defaults for fields a journey leaves out.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -50,7 +66,10 @@ impl BuildOptions<'static> {
 /// Builds every journey in `files`. Journeys with errors are left out and
 /// their errors returned; callers decide whether a partial set is usable
 /// (`check` and reload reject it).
-pub fn build_all(files: &[LoadedFile], opts: &BuildOptions<'_>) -> (Vec<Journey>, Vec<ConfigError>) {
+pub fn build_all(
+    files: &[LoadedFile],
+    opts: &BuildOptions<'_>,
+) -> (Vec<Journey>, Vec<ConfigError>) {
     let mut journeys = Vec::new();
     let mut errors = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -66,6 +85,7 @@ pub fn build_all(files: &[LoadedFile], opts: &BuildOptions<'_>) -> (Vec<Journey>
                 prefix,
                 errors: Vec::new(),
                 secrets: BTreeSet::new(),
+                poisoned: BTreeSet::new(),
                 opts,
             };
             let name = cfg.name.value.clone();
@@ -95,6 +115,8 @@ struct Cx<'a> {
     prefix: String,
     errors: Vec<ConfigError>,
     secrets: BTreeSet<String>,
+    /// Journey vars whose definition failed.
+    poisoned: BTreeSet<String>,
     opts: &'a BuildOptions<'a>,
 }
 
@@ -134,15 +156,19 @@ impl Cx<'_> {
         let scope = Scope {
             statics,
             extracted,
+            poisoned: &self.poisoned,
             base_dir: self.file.dir(),
             env: self.opts.env,
         };
         match resolve(text, &scope, &mut self.secrets) {
             Ok(t) => Some(t),
-            Err(e) => {
+            Err(ResolveError::Invalid(e)) => {
                 self.err_at(at.0, at.1, path, e);
                 None
             }
+            // Already reported where the var is defined, which also keeps
+            // the journey out of the built set.
+            Err(ResolveError::Poisoned) => None,
         }
     }
 
@@ -175,12 +201,18 @@ impl Cx<'_> {
             Some(t) => self.duration(t, "timeout"),
             None => Some(DEFAULT_TIMEOUT),
         };
-        for (k, _) in &cfg.labels {
+        for (k, v) in &cfg.labels {
             if !is_label_name(k) {
                 self.err(
-                    &cfg.name,
+                    v,
                     &format!("labels.{k}"),
                     format!("label name `{k}` must match [a-zA-Z_][a-zA-Z0-9_]*"),
+                );
+            } else if RESERVED_LABELS.contains(&k.as_str()) {
+                self.err(
+                    v,
+                    &format!("labels.{k}"),
+                    format!("label name `{k}` is reserved (Vantage sets it); choose another"),
                 );
             }
         }
@@ -193,14 +225,12 @@ impl Cx<'_> {
                 self.err(v, &path, format!("invalid variable name `{k}`"));
                 continue;
             }
-            if let Some(t) = self.template(
-                (v.line, v.column),
-                &path,
-                &v.value,
-                &BTreeMap::new(),
-                &none,
-            ) {
+            if let Some(t) =
+                self.template((v.line, v.column), &path, &v.value, &BTreeMap::new(), &none)
+            {
                 statics.insert(k.clone(), t.as_static().unwrap_or_default().to_string());
+            } else {
+                self.poisoned.insert(k.clone());
             }
         }
         if cfg.steps.is_empty() {
@@ -215,7 +245,10 @@ impl Cx<'_> {
                 self.err(
                     &s.name,
                     &format!("{path}.name"),
-                    format!("duplicate step name `{}` (also steps[{prev}])", s.name.value),
+                    format!(
+                        "duplicate step name `{}` (also steps[{prev}])",
+                        s.name.value
+                    ),
                 );
             }
             if let Some(step) = self.step(s, &path, &statics, &mut extracted) {
@@ -227,7 +260,12 @@ impl Cx<'_> {
             source: format!("{}:{}", self.file.display, cfg.name.line).into(),
             schedule: schedule?,
             timeout: timeout?,
-            labels: Arc::new(cfg.labels.clone()),
+            labels: Arc::new(
+                cfg.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+            ),
             steps,
             redactor: Redactor::new(std::mem::take(&mut self.secrets)),
         })
@@ -362,14 +400,24 @@ impl Cx<'_> {
             Some(m) => match Method::from_bytes(m.value.trim().to_ascii_uppercase().as_bytes()) {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    self.err(m, &format!("{path}.method"), format!("invalid HTTP method `{}`", m.value));
+                    self.err(
+                        m,
+                        &format!("{path}.method"),
+                        format!("invalid HTTP method `{}`", m.value),
+                    );
                     None
                 }
             },
         };
         let url_path = format!("{path}.url");
         let url = self
-            .template((h.url.line, h.url.column), &url_path, &h.url.value, statics, extracted)
+            .template(
+                (h.url.line, h.url.column),
+                &url_path,
+                &h.url.value,
+                statics,
+                extracted,
+            )
             .and_then(|t| {
                 let checked = parse_http_url(&t.render_with_placeholder("x"));
                 match (t.as_static(), checked) {
@@ -387,7 +435,9 @@ impl Cx<'_> {
             let p = format!("{path}.headers.{k}");
             match HeaderName::from_bytes(k.as_bytes()) {
                 Ok(name) => {
-                    if let Some(t) = self.template((v.line, v.column), &p, &v.value, statics, extracted) {
+                    if let Some(t) =
+                        self.template((v.line, v.column), &p, &v.value, statics, extracted)
+                    {
                         headers.push((name, t));
                     }
                 }
@@ -418,7 +468,11 @@ impl Cx<'_> {
         let tls = match (&h.ca_file, h.insecure) {
             (None, insecure) => Some(crate::probes::shared_tls(insecure)),
             (Some(ca), true) => {
-                self.err(ca, &format!("{path}.ca_file"), "`ca_file` and `insecure: true` contradict each other");
+                self.err(
+                    ca,
+                    &format!("{path}.ca_file"),
+                    "`ca_file` and `insecure: true` contradict each other",
+                );
                 None
             }
             (Some(ca), false) => {
@@ -513,7 +567,9 @@ impl Cx<'_> {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| self.json_template(at, &format!("{path}[{i}]"), x, statics, extracted))
+                    .map(|(i, x)| {
+                        self.json_template(at, &format!("{path}[{i}]"), x, statics, extracted)
+                    })
                     .collect::<Option<_>>()?,
             ),
             Value::Object(fields) => JsonTemplate::Object(
@@ -557,7 +613,12 @@ impl Cx<'_> {
                     },
                 }
             }
-            if matches.is_empty() {
+            if matches.is_empty()
+                && self
+                    .errors
+                    .iter()
+                    .all(|e| e.line != status.line || e.column != status.column)
+            {
                 self.err(status, &format!("{path}.status"), "status list is empty");
             }
             out.push(Expectation::Status(matches));
@@ -576,14 +637,17 @@ impl Cx<'_> {
             let p = format!("{path}.body");
             let at = (b.line, b.column);
             if let Some(s) = &b.value.contains {
-                if let Some(t) = self.template(at, &format!("{p}.contains"), s, statics, extracted) {
+                if let Some(t) = self.template(at, &format!("{p}.contains"), s, statics, extracted)
+                {
                     if let Some(text) = self.static_text(b, &format!("{p}.contains"), &t) {
                         out.push(Expectation::BodyContains(text));
                     }
                 }
             }
             if let Some(s) = &b.value.not_contains {
-                if let Some(t) = self.template(at, &format!("{p}.not_contains"), s, statics, extracted) {
+                if let Some(t) =
+                    self.template(at, &format!("{p}.not_contains"), s, statics, extracted)
+                {
                     if let Some(text) = self.static_text(b, &format!("{p}.not_contains"), &t) {
                         out.push(Expectation::BodyNotContains(text));
                     }
@@ -592,16 +656,24 @@ impl Cx<'_> {
             if let Some(re) = &b.value.matches {
                 match Regex::new(re) {
                     Ok(r) => out.push(Expectation::BodyMatches(r)),
-                    Err(e) => self.err(b, &format!("{p}.matches"), format!("invalid regex: {}", one_line(&e.to_string()))),
+                    Err(e) => self.err(
+                        b,
+                        &format!("{p}.matches"),
+                        format!("invalid regex: {}", one_line(&e.to_string())),
+                    ),
                 }
             }
         }
         for (jp, m) in &e.json {
-            let p = format!("{path}.json.{jp}");
+            let p = format!("{path}.json[{}]", serde_json::Value::String(jp.clone()));
             let compiled = match JsonPath::parse(jp) {
                 Ok(c) => Some(c),
                 Err(err) => {
-                    self.err(m, &p, format!("invalid JSONPath `{jp}`: {}", one_line(&err.to_string())));
+                    self.err(
+                        m,
+                        &p,
+                        format!("invalid JSONPath `{jp}`: {}", one_line(&err.to_string())),
+                    );
                     None
                 }
             };
@@ -663,7 +735,11 @@ impl Cx<'_> {
                     match Regex::new(v) {
                         Ok(r) => ops.push(Op::Matches(r)),
                         Err(e) => {
-                            self.err(m, &format!("{path}.matches"), format!("invalid regex: {}", one_line(&e.to_string())));
+                            self.err(
+                                m,
+                                &format!("{path}.matches"),
+                                format!("invalid regex: {}", one_line(&e.to_string())),
+                            );
                             return None;
                         }
                     }
@@ -692,12 +768,21 @@ impl Cx<'_> {
 
     fn extraction(&mut self, ex: &Loc<config::ExtractConfig>, path: &str) -> Option<Extraction> {
         let c = &ex.value;
-        let given = [c.json.is_some(), c.regex.is_some(), c.header.is_some(), c.cookie.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let given = [
+            c.json.is_some(),
+            c.regex.is_some(),
+            c.header.is_some(),
+            c.cookie.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if given != 1 {
-            self.err(ex, path, "give exactly one of `json`, `regex`, `header` or `cookie`");
+            self.err(
+                ex,
+                path,
+                "give exactly one of `json`, `regex`, `header` or `cookie`",
+            );
             return None;
         }
         if let Some(jp) = &c.json {
@@ -707,7 +792,11 @@ impl Cx<'_> {
                     text: jp.clone(),
                 }),
                 Err(e) => {
-                    self.err(ex, &format!("{path}.json"), format!("invalid JSONPath `{jp}`: {}", one_line(&e.to_string())));
+                    self.err(
+                        ex,
+                        &format!("{path}.json"),
+                        format!("invalid JSONPath `{jp}`: {}", one_line(&e.to_string())),
+                    );
                     None
                 }
             };
@@ -716,7 +805,11 @@ impl Cx<'_> {
             return match Regex::new(re) {
                 Ok(r) => Some(Extraction::Regex(r)),
                 Err(e) => {
-                    self.err(ex, &format!("{path}.regex"), format!("invalid regex: {}", one_line(&e.to_string())));
+                    self.err(
+                        ex,
+                        &format!("{path}.regex"),
+                        format!("invalid regex: {}", one_line(&e.to_string())),
+                    );
                     None
                 }
             };
@@ -725,7 +818,11 @@ impl Cx<'_> {
             return match HeaderName::from_bytes(h.as_bytes()) {
                 Ok(n) => Some(Extraction::Header(n)),
                 Err(_) => {
-                    self.err(ex, &format!("{path}.header"), format!("invalid header name `{h}`"));
+                    self.err(
+                        ex,
+                        &format!("{path}.header"),
+                        format!("invalid header name `{h}`"),
+                    );
                     None
                 }
             };
@@ -761,7 +858,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1000,
         "MB" => 1000 * 1000,
         "GB" => 1000 * 1000 * 1000,
-        _ => return Err(format!("invalid size unit in `{text}` (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in `{text}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
     n.checked_mul(mult)
         .filter(|v| *v > 0)
@@ -800,6 +901,7 @@ pub fn load_and_build(
     let (files, mut errors) = config::load_paths(paths);
     let (journeys, build_errors) = build_all(&files, opts);
     errors.extend(build_errors);
+    errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     if errors.is_empty() {
         Ok(journeys)
     } else {

@@ -91,10 +91,27 @@ pub struct Scope<'a> {
     pub statics: &'a BTreeMap<String, String>,
     /// Variables extracted by earlier steps.
     pub extracted: &'a BTreeSet<String>,
+    /// Vars whose own definition failed: uses of them are not reported again.
+    pub poisoned: &'a BTreeSet<String>,
     /// Directory that relative `${file:...}` paths are resolved against.
     pub base_dir: &'a Path,
     /// Looks up an environment variable (a function so tests need no real env).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Why a template did not resolve.
+#[derive(Debug, PartialEq)]
+pub enum ResolveError {
+    /// A message for the user; never contains a secret's value.
+    Invalid(String),
+    /// It uses a var whose definition already failed (and was reported).
+    Poisoned,
+}
+
+impl From<String> for ResolveError {
+    fn from(s: String) -> Self {
+        ResolveError::Invalid(s)
+    }
 }
 
 /// Parses and resolves a template. Secret values found are added to `secrets`.
@@ -103,7 +120,7 @@ pub fn resolve(
     text: &str,
     scope: &Scope<'_>,
     secrets: &mut BTreeSet<String>,
-) -> Result<Template, String> {
+) -> Result<Template, ResolveError> {
     let mut segments: Vec<Segment> = Vec::new();
     let mut lit = String::new();
     let mut rest = text;
@@ -121,10 +138,10 @@ pub fn resolve(
             continue;
         };
         let Some(end) = after.find('}') else {
-            return Err(format!(
+            return Err(ResolveError::Invalid(format!(
                 "unterminated reference `{}` (write `$${{` for a literal `${{`)",
                 truncate(rest, 40)
-            ));
+            )));
         };
         let reference = &after[..end];
         rest = &after[end + 1..];
@@ -143,13 +160,13 @@ pub fn resolve(
             register_secret(secrets, &value);
             lit.push_str(&value);
         } else if let Some((kind, _)) = reference.split_once(':') {
-            return Err(format!(
+            return Err(ResolveError::Invalid(format!(
                 "unknown reference kind `{kind}:` in `${{{reference}}}` (use `env:` or `file:`)"
-            ));
+            )));
         } else if !is_var_name(reference) {
-            return Err(format!(
+            return Err(ResolveError::Invalid(format!(
                 "invalid variable name `{reference}` (letters, digits, `_` and `-`, not starting with a digit)"
-            ));
+            )));
         } else if let Some(value) = scope.statics.get(reference) {
             lit.push_str(value);
         } else if scope.extracted.contains(reference) {
@@ -157,10 +174,12 @@ pub fn resolve(
                 segments.push(Segment::Lit(std::mem::take(&mut lit)));
             }
             segments.push(Segment::Var(reference.to_string()));
+        } else if scope.poisoned.contains(reference) {
+            return Err(ResolveError::Poisoned);
         } else {
-            return Err(format!(
+            return Err(ResolveError::Invalid(format!(
                 "undefined variable `{reference}` (not in `vars` and not extracted by an earlier step)"
-            ));
+            )));
         }
     }
     lit.push_str(rest);
@@ -230,9 +249,14 @@ impl Redactor {
 
 /// Headers whose values are never exported, whatever they contain.
 pub fn is_sensitive_header(name: &str) -> bool {
-    ["authorization", "proxy-authorization", "cookie", "set-cookie"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]
@@ -240,7 +264,9 @@ mod tests {
     use super::*;
 
     fn check(text: &str, env: &[(&str, &str)]) -> Result<(Template, BTreeSet<String>), String> {
-        let statics: BTreeMap<String, String> = [("app".to_string(), "http://a".to_string())].into();
+        let poisoned: BTreeSet<String> = ["broken".to_string()].into();
+        let statics: BTreeMap<String, String> =
+            [("app".to_string(), "http://a".to_string())].into();
         let extracted: BTreeSet<String> = ["token".to_string()].into();
         let env: Vec<(String, String)> = env
             .iter()
@@ -250,11 +276,17 @@ mod tests {
         let scope = Scope {
             statics: &statics,
             extracted: &extracted,
+            poisoned: &poisoned,
             base_dir: Path::new("/nonexistent"),
             env: &lookup,
         };
         let mut secrets = BTreeSet::new();
-        resolve(text, &scope, &mut secrets).map(|t| (t, secrets))
+        resolve(text, &scope, &mut secrets)
+            .map(|t| (t, secrets))
+            .map_err(|e| match e {
+                ResolveError::Invalid(m) => m,
+                ResolveError::Poisoned => "<poisoned>".into(),
+            })
     }
 
     #[test]
@@ -285,9 +317,22 @@ mod tests {
             check("${env:MISSING}", &[]).unwrap_err(),
             "environment variable `MISSING` is not set"
         );
-        assert!(check("${nope}", &[]).unwrap_err().starts_with("undefined variable `nope`"));
-        assert!(check("${vault:x}", &[]).unwrap_err().contains("unknown reference kind `vault:`"));
-        assert!(check("a ${app", &[]).unwrap_err().starts_with("unterminated reference"));
+        assert!(
+            check("${nope}", &[])
+                .unwrap_err()
+                .starts_with("undefined variable `nope`")
+        );
+        assert!(
+            check("${vault:x}", &[])
+                .unwrap_err()
+                .contains("unknown reference kind `vault:`")
+        );
+        assert!(
+            check("a ${app", &[])
+                .unwrap_err()
+                .starts_with("unterminated reference")
+        );
+        assert_eq!(check("${broken}/x", &[]).unwrap_err(), "<poisoned>");
     }
 
     #[test]

@@ -133,8 +133,11 @@ pub async fn run(req: &HttpRequest, ctx: Ctx<'_>) -> Result<HttpResponse, ProbeE
     let mut headers = HeaderMap::new();
     for (name, value) in &req.headers {
         let value = value.render(ctx.vars).map_err(invalid)?;
-        let value = HeaderValue::from_str(&value)
-            .map_err(|_| invalid(format!("header `{name}` has characters not allowed in HTTP")))?;
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            invalid(format!(
+                "header `{name}` has characters not allowed in HTTP"
+            ))
+        })?;
         headers.append(name.clone(), value);
     }
     let (mut body, content_type) = render_body(&req.body, ctx.vars).map_err(invalid)?;
@@ -619,10 +622,7 @@ pub fn format_bytes(n: u64) -> String {
 
 /// A TLS client configuration: webpki roots plus `extra_ca` (PEM), or no
 /// verification at all when `insecure`. ALPN offers h2 and http/1.1.
-pub fn tls_config(
-    extra_ca: Option<&[u8]>,
-    insecure: bool,
-) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(extra_ca: Option<&[u8]>, insecure: bool) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

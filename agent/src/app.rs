@@ -1,0 +1,225 @@
+//! The long-running agent: load, schedule, serve, reload, shut down.
+//!
+//! Startup is a reload from the empty set. SIGHUP or a changed journey file
+//! triggers a reload; an invalid new config is rejected with its errors
+//! logged and the old set keeps running. SIGTERM/SIGINT stop scheduling,
+//! let in-flight runs finish within the grace period (then cancel them, so
+//! they still report), and flush the exporters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::ConfigError;
+use crate::journey::build::{BuildOptions, load_and_build};
+use crate::journey::runner::RunEnv;
+use crate::probes::ProbeEnv;
+use crate::scheduler::{JourneySet, Scheduler, Shard};
+use crate::server::{ServerState, router};
+use crate::telemetry::{OtlpConfig, Telemetry};
+
+pub struct AgentOptions {
+    pub paths: Vec<PathBuf>,
+    pub location: String,
+    pub environment: Option<String>,
+    pub listen: SocketAddr,
+    pub concurrency: usize,
+    pub shard: Option<Shard>,
+    pub grace: Duration,
+    pub otlp: Option<OtlpConfig>,
+    /// How often journey files are checked for changes.
+    pub watch_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid journey configuration ({} error(s))", .0.len())]
+    Config(Vec<ConfigError>),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Loads journeys and keeps this shard's.
+pub fn load(paths: &[PathBuf], shard: Option<Shard>) -> Result<JourneySet, Vec<ConfigError>> {
+    let journeys = load_and_build(paths, &BuildOptions::from_process_env())?;
+    Ok(Arc::new(
+        journeys
+            .into_iter()
+            .filter(|j| shard.is_none_or(|s| s.owns(&j.name)))
+            .map(Arc::new)
+            .collect(),
+    ))
+}
+
+/// A cheap fingerprint of the journey files: names, sizes, modification times.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    fn walk(p: &std::path::Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                let mut entries: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                entries.sort();
+                for e in entries {
+                    walk(&e, out);
+                }
+            }
+        } else {
+            out.push((p.to_path_buf(), meta.len(), meta.modified().ok()));
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out);
+    }
+    out
+}
+
+pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let initial = load(&opts.paths, opts.shard).map_err(AgentError::Config)?;
+    let location: Arc<str> = opts.location.clone().into();
+    let telemetry = Arc::new(
+        Telemetry::start(opts.otlp.as_ref(), &location, opts.environment.as_deref())
+            .map_err(AgentError::Setup)?,
+    );
+    let probes = Arc::new(ProbeEnv::new().map_err(AgentError::Setup)?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| AgentError::Listen(opts.listen, e))?;
+    let bound = listener.local_addr().unwrap_or(opts.listen);
+    let server_stop = CancellationToken::new();
+    let app = router(ServerState {
+        prom: telemetry.prom.clone(),
+        ready: ready.clone(),
+    });
+    let server = {
+        let stop = server_stop.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    let scheduler = Arc::new(Scheduler {
+        env: Arc::new(RunEnv {
+            location: location.clone(),
+            probes,
+        }),
+        telemetry: telemetry.clone(),
+        concurrency: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        tracker: TaskTracker::new(),
+        cancel_runs: CancellationToken::new(),
+    });
+    info!(
+        journeys = initial.len(),
+        listen = %bound,
+        location = %location,
+        otlp = telemetry.otlp_enabled(),
+        shard = ?opts.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        "vantage agent started"
+    );
+    let (tx, rx) = watch::channel(initial);
+    let stop_scheduling = CancellationToken::new();
+    let sched_task = {
+        let s = scheduler.clone();
+        let stop = stop_scheduling.clone();
+        tokio::spawn(async move { s.run(rx, stop).await })
+    };
+    ready.store(true, Ordering::Release);
+
+    wait_and_reload(&opts, &tx).await;
+
+    // Shutdown: not ready, no new runs, in-flight runs get the grace period.
+    ready.store(false, Ordering::Release);
+    stop_scheduling.cancel();
+    let _ = sched_task.await;
+    scheduler.tracker.close();
+    let in_flight = scheduler.tracker.len();
+    if in_flight > 0 {
+        info!(in_flight, grace = ?opts.grace, "waiting for running journeys");
+    }
+    if tokio::time::timeout(opts.grace, scheduler.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            still_running = scheduler.tracker.len(),
+            "grace period over; cancelling the remaining runs"
+        );
+        scheduler.cancel_runs.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), scheduler.tracker.wait()).await;
+    }
+    drop(scheduler);
+    server_stop.cancel();
+    let _ = server.await;
+    match Arc::try_unwrap(telemetry) {
+        Ok(t) => t.shutdown(opts.grace).await,
+        Err(_) => warn!("telemetry still in use at shutdown; not flushed"),
+    }
+    info!("vantage agent stopped");
+    Ok(())
+}
+
+/// Handles signals and file changes until a stop signal arrives.
+async fn wait_and_reload(opts: &AgentOptions, tx: &watch::Sender<JourneySet>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers; stopping");
+        return;
+    };
+    let mut seen = fingerprint(&opts.paths);
+    let mut tick = tokio::time::interval(opts.watch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reason = tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received; shutting down"); return; }
+            _ = int.recv() => { info!("SIGINT received; shutting down"); return; }
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = fingerprint(&opts.paths);
+                if now == seen { continue; }
+                seen = now;
+                "journey files changed"
+            }
+        };
+        let paths = opts.paths.clone();
+        let shard = opts.shard;
+        // Reading and building touches the disk: keep it off the runtime threads.
+        let result = tokio::task::spawn_blocking(move || load(&paths, shard)).await;
+        match result {
+            Ok(Ok(set)) => {
+                info!(reason, journeys = set.len(), "configuration reloaded");
+                let _ = tx.send(set);
+            }
+            Ok(Err(errors)) => {
+                for e in &errors {
+                    error!(error = %e, "invalid journey configuration");
+                }
+                error!(
+                    reason,
+                    errors = errors.len(),
+                    "reload rejected; the previous journeys keep running"
+                );
+            }
+            Err(e) => error!(error = %e, "reload failed"),
+        }
+    }
+}

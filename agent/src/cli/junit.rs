@@ -1,0 +1,92 @@
+//! JUnit XML: one testsuite per journey, one testcase per step, the way CI
+//! systems (GitLab, Jenkins, GitHub test reporters) display them.
+
+use crate::report::{JourneyReport, StepOutcome};
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            // XML 1.0 cannot carry most control characters at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => o.push('\u{FFFD}'),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+pub fn render(reports: &[JourneyReport]) -> String {
+    let tests: usize = reports.iter().map(|r| r.steps.len()).sum();
+    let failures: usize = reports
+        .iter()
+        .flat_map(|r| &r.steps)
+        .filter(|s| s.outcome == StepOutcome::Failed)
+        .count();
+    let skipped: usize = reports
+        .iter()
+        .flat_map(|r| &r.steps)
+        .filter(|s| s.outcome == StepOutcome::Skipped)
+        .count();
+    let total: f64 = reports.iter().map(|r| r.duration.as_secs_f64()).sum();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<testsuites name=\"vantage\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{total:.3}\">\n"
+    ));
+    for r in reports {
+        let f = r
+            .steps
+            .iter()
+            .filter(|s| s.outcome == StepOutcome::Failed)
+            .count();
+        let sk = r
+            .steps
+            .iter()
+            .filter(|s| s.outcome == StepOutcome::Skipped)
+            .count();
+        x.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\" time=\"{:.3}\">\n",
+            esc(&r.journey),
+            r.steps.len(),
+            r.duration.as_secs_f64()
+        ));
+        x.push_str(&format!(
+            "    <properties><property name=\"trace_id\" value=\"{}\"/><property name=\"location\" value=\"{}\"/></properties>\n",
+            r.trace_id,
+            esc(&r.location)
+        ));
+        for s in &r.steps {
+            x.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+                esc(&r.journey),
+                esc(&s.name),
+                s.duration.as_secs_f64()
+            ));
+            match (&s.outcome, &s.error) {
+                (StepOutcome::Passed, _) => x.push_str("/>\n"),
+                (StepOutcome::Skipped, _) => {
+                    x.push_str("><skipped message=\"an earlier step failed\"/></testcase>\n")
+                }
+                (StepOutcome::Failed, e) => {
+                    let (kind, msg) = e
+                        .as_ref()
+                        .map(|e| (e.kind.as_str().into_owned(), e.message.clone()))
+                        .unwrap_or_default();
+                    x.push_str(&format!(
+                        "><failure type=\"{}\" message=\"{}\">{}</failure></testcase>\n",
+                        esc(&kind),
+                        esc(&msg),
+                        esc(&msg)
+                    ));
+                }
+            }
+        }
+        x.push_str("  </testsuite>\n");
+    }
+    x.push_str("</testsuites>\n");
+    x
+}

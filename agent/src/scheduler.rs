@@ -1,0 +1,380 @@
+//! When journeys run: interval or cron schedules, a deterministic start
+//! offset per journey, no overlapping runs of one journey (a skipped tick is
+//! counted), a global concurrency limit, and sharding.
+//!
+//! One task owns a min-heap of due times, so the cost per tick is O(log n)
+//! and an idle agent with 10,000 journeys sleeps on a single timer. Due
+//! times are aligned to wall-clock multiples of the interval plus an offset
+//! hashed from the journey name: restarts and other agents keep the same
+//! phase, and a thousand journeys do not fire in the same millisecond.
+//! Lateness (due time to actual start, concurrency waits included) is
+//! measured and exported; it is never counted in a run's duration.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::journey::runner::{self, RunEnv};
+use crate::journey::{Journey, Schedule};
+use crate::report::Outcome;
+use crate::telemetry::Telemetry;
+
+/// The set of journeys to schedule; replaced whole on reload.
+pub type JourneySet = Arc<Vec<Arc<Journey>>>;
+
+/// FNV-1a plus the murmur3 finalizer: a stable hash (unlike `DefaultHasher`,
+/// fixed across Rust versions), so offsets and shard assignment never change
+/// between builds. The finalizer spreads names that differ only in their last
+/// characters (`journey-1`, `journey-2`) over all the bits.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// `--shard I/N` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("invalid shard `{s}`: use I/N with 1 <= I <= N, e.g. 2/5");
+        let (i, n) = s.split_once('/').ok_or_else(err)?;
+        let index: u32 = i.trim().parse().map_err(|_| err())?;
+        let count: u32 = n.trim().parse().map_err(|_| err())?;
+        if count == 0 || index == 0 || index > count {
+            return Err(err());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Jump consistent hashing: when N grows to N+1 only 1/(N+1) of the
+    /// journeys move, and every agent decides alone.
+    pub fn owns(&self, journey: &str) -> bool {
+        jump_hash(stable_hash(journey), self.count) == self.index - 1
+    }
+}
+
+fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < i64::from(buckets) {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
+
+fn unix_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+fn from_unix_nanos(n: u128) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// The first due time strictly after `after`.
+pub fn next_due(name: &str, schedule: &Schedule, after: SystemTime) -> SystemTime {
+    let hash = stable_hash(name);
+    match schedule {
+        Schedule::Every(interval) => {
+            let iv = interval.as_nanos().max(1);
+            let offset = u128::from(hash) % iv;
+            let t = unix_nanos(after);
+            let k = (t.saturating_sub(offset)) / iv + 1;
+            let mut due = k * iv + offset;
+            while due <= t {
+                due += iv;
+            }
+            from_unix_nanos(due)
+        }
+        Schedule::Cron(c) => {
+            // Spread cron journeys over a tenth of their gap, at most 30s.
+            let base = chrono::DateTime::<chrono::Utc>::from(after);
+            let first = c.cron.find_next_occurrence(&base, false).ok();
+            let second = first
+                .as_ref()
+                .and_then(|f| c.cron.find_next_occurrence(f, false).ok());
+            let spread = match (&first, &second) {
+                (Some(a), Some(b)) => {
+                    (*b - *a)
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(300))
+                        / 10
+                }
+                _ => Duration::ZERO,
+            };
+            let offset = Duration::from_nanos(
+                u64::try_from(u128::from(hash) % spread.as_nanos().max(1)).unwrap_or(0),
+            );
+            let shifted =
+                chrono::DateTime::<chrono::Utc>::from(after.checked_sub(offset).unwrap_or(after));
+            match c.cron.find_next_occurrence(&shifted, false) {
+                Ok(o) => SystemTime::from(o) + offset,
+                // An expression with no future occurrence: never again.
+                Err(_) => after + Duration::from_secs(365 * 24 * 3600),
+            }
+        }
+    }
+}
+
+struct Entry {
+    journey: Arc<Journey>,
+    due: SystemTime,
+    running: Arc<AtomicBool>,
+}
+
+pub struct Scheduler {
+    pub env: Arc<RunEnv>,
+    pub telemetry: Arc<Telemetry>,
+    pub concurrency: Arc<Semaphore>,
+    /// Owns every run task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancels runs still going after the shutdown grace period.
+    pub cancel_runs: CancellationToken,
+}
+
+impl Scheduler {
+    /// Schedules until `stop` fires. New journey sets arrive on `journeys`.
+    pub async fn run(&self, mut journeys: watch::Receiver<JourneySet>, stop: CancellationToken) {
+        let mut entries: HashMap<Arc<str>, Entry> = HashMap::new();
+        let mut heap: BinaryHeap<Reverse<(u128, Arc<str>)>> = BinaryHeap::new();
+        let set = journeys.borrow_and_update().clone();
+        self.apply(&set, &mut entries, &mut heap);
+        loop {
+            let sleep = match heap.peek() {
+                Some(Reverse((due, _))) => {
+                    let now = SystemTime::now();
+                    let wait = from_unix_nanos(*due)
+                        .duration_since(now)
+                        .unwrap_or(Duration::ZERO);
+                    tokio::time::Instant::now() + wait
+                }
+                None => tokio::time::Instant::now() + Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = journeys.changed() => {
+                    if changed.is_err() { break; }
+                    let set = journeys.borrow_and_update().clone();
+                    self.apply(&set, &mut entries, &mut heap);
+                }
+                _ = tokio::time::sleep_until(sleep) => {
+                    self.fire_due(&mut entries, &mut heap);
+                }
+            }
+        }
+        debug!("scheduler stopped");
+    }
+
+    fn apply(
+        &self,
+        set: &JourneySet,
+        entries: &mut HashMap<Arc<str>, Entry>,
+        heap: &mut BinaryHeap<Reverse<(u128, Arc<str>)>>,
+    ) {
+        let now = SystemTime::now();
+        let mut next: HashMap<Arc<str>, Entry> = HashMap::with_capacity(set.len());
+        for j in set.iter() {
+            let entry = match entries.remove(&j.name) {
+                // Same schedule: keep its phase and its running flag, so a
+                // reload never causes an overlapping or an extra run.
+                Some(old) if old.journey.schedule == j.schedule => Entry {
+                    journey: j.clone(),
+                    due: old.due,
+                    running: old.running,
+                },
+                old => {
+                    let due = next_due(&j.name, &j.schedule, now);
+                    heap.push(Reverse((unix_nanos(due), j.name.clone())));
+                    Entry {
+                        journey: j.clone(),
+                        due,
+                        running: old.map(|o| o.running).unwrap_or_default(),
+                    }
+                }
+            };
+            next.insert(j.name.clone(), entry);
+        }
+        for gone in entries.keys() {
+            self.telemetry.prom.forget(gone);
+            info!(journey = %gone, "journey removed");
+        }
+        *entries = next;
+        self.telemetry.prom.set_journeys(entries.len());
+    }
+
+    fn fire_due(
+        &self,
+        entries: &mut HashMap<Arc<str>, Entry>,
+        heap: &mut BinaryHeap<Reverse<(u128, Arc<str>)>>,
+    ) {
+        let now = SystemTime::now();
+        let now_n = unix_nanos(now);
+        while let Some(Reverse((due_n, _))) = heap.peek() {
+            if *due_n > now_n {
+                break;
+            }
+            let Some(Reverse((due_n, name))) = heap.pop() else {
+                break;
+            };
+            let Some(entry) = entries.get_mut(&name) else {
+                continue; // removed by a reload
+            };
+            if unix_nanos(entry.due) != due_n {
+                continue; // superseded by a reload with a new schedule
+            }
+            let due = entry.due;
+            entry.due = next_due(&name, &entry.journey.schedule, now.max(due));
+            heap.push(Reverse((unix_nanos(entry.due), name.clone())));
+            if entry.running.swap(true, Ordering::AcqRel) {
+                self.telemetry.record_skip(&name);
+                debug!(journey = %name, "previous run still going; tick skipped");
+                continue;
+            }
+            self.spawn_run(entry.journey.clone(), entry.running.clone(), due);
+        }
+    }
+
+    fn spawn_run(&self, journey: Arc<Journey>, running: Arc<AtomicBool>, due: SystemTime) {
+        let env = self.env.clone();
+        let telemetry = self.telemetry.clone();
+        let permits = self.concurrency.clone();
+        let cancel = self.cancel_runs.clone();
+        let span = info_span!("run", journey = %journey.name);
+        self.tracker.spawn(
+            async move {
+                // Clears the flag however the task ends.
+                struct Done(Arc<AtomicBool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _done = Done(running);
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let lateness = SystemTime::now().duration_since(due).unwrap_or_default();
+                telemetry.record_lateness(lateness);
+                let report = runner::run(&journey, &env, Some(lateness), &cancel).await;
+                log_report(&report);
+                telemetry.record(&report);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// One log line per run: a red target is `info`, not `error`.
+pub fn log_report(r: &crate::report::JourneyReport) {
+    match (r.outcome, r.error()) {
+        (Outcome::Passed, _) | (_, None) => debug!(
+            journey = %r.journey, trace_id = %r.trace_id,
+            duration_ms = r.duration.as_millis() as u64, "journey passed"
+        ),
+        (Outcome::Failed, Some(e)) => {
+            let step = r
+                .failed_step
+                .and_then(|i| r.steps.get(i))
+                .map(|s| s.name.to_string())
+                .unwrap_or_default();
+            info!(
+                journey = %r.journey, step = %step, error_type = %e.kind,
+                trace_id = %r.trace_id, error = %e.message, "journey failed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_due_times_are_aligned_and_strictly_later() {
+        let s = Schedule::Every(Duration::from_secs(60));
+        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let a = next_due("j", &s, t);
+        assert!(a > t && a <= t + Duration::from_secs(60));
+        let b = next_due("j", &s, a);
+        assert_eq!(b.duration_since(a).unwrap(), Duration::from_secs(60));
+        // The same journey lands at the same phase from any starting point.
+        let c = next_due("j", &s, t + Duration::from_secs(7));
+        assert!(c == a || c == b);
+    }
+
+    #[test]
+    fn offsets_spread_journeys_over_the_interval() {
+        let s = Schedule::Every(Duration::from_secs(1));
+        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut ms: Vec<u128> = (0..1000)
+            .map(|i| {
+                next_due(&format!("journey-{i}"), &s, t)
+                    .duration_since(t)
+                    .unwrap()
+                    .as_millis()
+            })
+            .collect();
+        ms.sort();
+        ms.dedup();
+        // 1000 journeys over 1000 ms buckets: far from all in one millisecond.
+        assert!(
+            ms.len() > 500,
+            "only {} distinct start milliseconds",
+            ms.len()
+        );
+    }
+
+    #[test]
+    fn shards_partition_journeys_deterministically() {
+        let shards: Vec<Shard> = (1..=5).map(|i| format!("{i}/5").parse().unwrap()).collect();
+        let mut counts = [0; 5];
+        for i in 0..5000 {
+            let name = format!("j{i}");
+            let owners: Vec<usize> = (0..5).filter(|s| shards[*s].owns(&name)).collect();
+            assert_eq!(owners.len(), 1, "{name} owned by {owners:?}");
+            counts[owners[0]] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        assert!("0/5".parse::<Shard>().is_err());
+        assert!("6/5".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn cron_due_times_follow_the_expression() {
+        let cron = crate::journey::CronSchedule {
+            text: "*/5 * * * *".into(),
+            cron: "*/5 * * * *".parse().unwrap(),
+        };
+        let s = Schedule::Cron(Arc::new(cron));
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let due = next_due("j", &s, t);
+        let secs = due.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        // On a 5-minute boundary plus at most 30 s of offset.
+        assert!(secs % 300 <= 30, "{secs}");
+        assert!(due > t && due <= t + Duration::from_secs(330));
+    }
+}

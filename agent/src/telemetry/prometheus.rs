@@ -1,0 +1,357 @@
+//! The `/metrics` exposition: blackbox_exporter-compatible `probe_*` series
+//! (so existing dashboards and alert rules keep working) and Vantage's own
+//! histograms in OpenMetrics, with exemplars that carry the run's trace id.
+//!
+//! Labels are bounded by configuration: journey, step, location, the
+//! journey's own labels, phase and `error_type` from the documented set.
+//! Never a URL, a run id or a trace id (trace ids ride on exemplars only).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::names;
+use crate::report::{CallDetail, JourneyReport, Phase};
+
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+type ExHistogram = HistogramWithExemplars<Labels>;
+
+#[derive(Clone)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<ExHistogram> for Buckets {
+    fn new_metric(&self) -> ExHistogram {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+pub struct Prom {
+    registry: Registry,
+    probe_success: Family<Labels, Gauge>,
+    probe_duration: Family<Labels, FGauge>,
+    probe_http_duration: Family<Labels, FGauge>,
+    probe_http_status: Family<Labels, Gauge>,
+    probe_http_ssl: Family<Labels, Gauge>,
+    probe_http_redirects: Family<Labels, Gauge>,
+    journey_duration: Family<Labels, ExHistogram, Buckets>,
+    step_duration: Family<Labels, ExHistogram, Buckets>,
+    http_duration: Family<Labels, ExHistogram, Buckets>,
+    skipped: Family<Labels, Counter>,
+    lateness: Histogram,
+    dropped: Family<Labels, Counter>,
+    export_failures: Family<Labels, Counter>,
+    journeys: Gauge,
+    /// Label sets written per journey, so a removed journey's series go too.
+    written: Mutex<BTreeMap<String, Vec<(Series, Labels)>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Series {
+    Success,
+    Duration,
+    HttpDuration,
+    HttpStatus,
+    HttpSsl,
+    HttpRedirects,
+}
+
+fn journey_labels(r: &JourneyReport) -> Labels {
+    let mut l = vec![
+        ("journey".to_string(), r.journey.to_string()),
+        ("location".to_string(), r.location.to_string()),
+    ];
+    l.extend(r.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    l
+}
+
+impl Prom {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let probe_success = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_success",
+            "Whether the journey's last run succeeded (1) or failed (0)",
+            probe_success.clone(),
+        );
+        let probe_duration = Family::<Labels, FGauge>::default();
+        registry.register(
+            "probe_duration_seconds",
+            "How long the journey's last run took to complete in seconds",
+            probe_duration.clone(),
+        );
+        let probe_http_duration = Family::<Labels, FGauge>::default();
+        registry.register(
+            "probe_http_duration_seconds",
+            "Duration of the last run's HTTP requests by phase, summed over all requests (redirects included)",
+            probe_http_duration.clone(),
+        );
+        let probe_http_status = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_http_status_code",
+            "Response HTTP status code of the last run's last HTTP request (0 when none arrived)",
+            probe_http_status.clone(),
+        );
+        let probe_http_ssl = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_http_ssl",
+            "Whether the last run's last HTTP request used TLS",
+            probe_http_ssl.clone(),
+        );
+        let probe_http_redirects = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_http_redirects",
+            "The number of redirects in the last run's HTTP steps",
+            probe_http_redirects.clone(),
+        );
+        let journey_duration = Family::new_with_constructor(Buckets(names::JOURNEY_BUCKETS));
+        registry.register_with_unit(
+            "vantage_journey_duration",
+            "Duration of journey runs",
+            Unit::Seconds,
+            journey_duration.clone(),
+        );
+        let step_duration = Family::new_with_constructor(Buckets(names::JOURNEY_BUCKETS));
+        registry.register_with_unit(
+            "vantage_step_duration",
+            "Duration of journey steps",
+            Unit::Seconds,
+            step_duration.clone(),
+        );
+        let http_duration = Family::new_with_constructor(Buckets(names::HTTP_BUCKETS));
+        registry.register_with_unit(
+            "vantage_http_client_request_duration",
+            "Duration of HTTP requests made by journeys (semconv http.client.request.duration)",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "vantage_schedule_skipped_ticks",
+            "Scheduled runs skipped because the journey's previous run was still going",
+            skipped.clone(),
+        );
+        let lateness = Histogram::new(names::LATENESS_BUCKETS.iter().copied());
+        registry.register_with_unit(
+            "vantage_schedule_lateness",
+            "How late runs started against their schedule (concurrency-limit waits included)",
+            Unit::Seconds,
+            lateness.clone(),
+        );
+        let dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            "vantage_telemetry_dropped",
+            "Telemetry items dropped because the export queue was full",
+            dropped.clone(),
+        );
+        let export_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "vantage_telemetry_export_failures",
+            "Failed OTLP export attempts",
+            export_failures.clone(),
+        );
+        let journeys = Gauge::default();
+        registry.register(
+            "vantage_journeys",
+            "Journeys scheduled on this agent (after sharding)",
+            journeys.clone(),
+        );
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
+            .set(1);
+        registry.register("vantage_build_info", "Vantage version", build_info);
+        Prom {
+            registry,
+            probe_success,
+            probe_duration,
+            probe_http_duration,
+            probe_http_status,
+            probe_http_ssl,
+            probe_http_redirects,
+            journey_duration,
+            step_duration,
+            http_duration,
+            skipped,
+            lateness,
+            dropped,
+            export_failures,
+            journeys,
+            written: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn record(&self, r: &JourneyReport) {
+        let base = journey_labels(r);
+        let mut written = Vec::new();
+        let mut put = |series: Series, labels: Labels| written.push((series, labels));
+        self.probe_success
+            .get_or_create(&base)
+            .set(i64::from(r.outcome == crate::report::Outcome::Passed));
+        put(Series::Success, base.clone());
+        self.probe_duration
+            .get_or_create(&base)
+            .set(r.duration.as_secs_f64());
+        put(Series::Duration, base.clone());
+
+        let exemplar = Some(vec![("trace_id".to_string(), r.trace_id.to_string())]);
+        let mut with_error = base.clone();
+        with_error.push((
+            "error_type".into(),
+            r.error()
+                .map(|e| e.kind.as_str().into_owned())
+                .unwrap_or_default(),
+        ));
+        self.journey_duration.get_or_create(&with_error).observe(
+            r.duration.as_secs_f64(),
+            exemplar.clone(),
+            None,
+        );
+
+        let mut phases: BTreeMap<Phase, f64> = BTreeMap::new();
+        let mut last_status = None;
+        let mut last_tls = None;
+        let mut http_calls = 0i64;
+        let mut http_steps = 0i64;
+        for step in &r.steps {
+            if step.outcome == crate::report::StepOutcome::Skipped {
+                continue;
+            }
+            let step_labels = |error_type: String, method: Option<&str>| {
+                let mut l = vec![
+                    ("journey".to_string(), r.journey.to_string()),
+                    ("step".to_string(), step.name.to_string()),
+                    ("location".to_string(), r.location.to_string()),
+                ];
+                if let Some(m) = method {
+                    l.push(("method".to_string(), m.to_string()));
+                }
+                l.push(("error_type".to_string(), error_type));
+                l
+            };
+            let step_error = step
+                .error
+                .as_ref()
+                .map(|e| e.kind.as_str().into_owned())
+                .unwrap_or_default();
+            self.step_duration
+                .get_or_create(&step_labels(step_error, None))
+                .observe(step.duration.as_secs_f64(), exemplar.clone(), None);
+            if step.kind == "http" {
+                http_steps += 1;
+            }
+            for call in &step.calls {
+                let CallDetail::Http(h) = &call.detail;
+                http_calls += 1;
+                for p in Phase::ALL {
+                    *phases.entry(p).or_default() +=
+                        h.phases.get(p).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                }
+                last_status = Some(h.status.unwrap_or(0));
+                last_tls = Some(h.tls);
+                let labels =
+                    step_labels(call.error_type.clone().unwrap_or_default(), Some(&h.method));
+                self.http_duration.get_or_create(&labels).observe(
+                    call.duration.as_secs_f64(),
+                    exemplar.clone(),
+                    None,
+                );
+            }
+        }
+        if let Some(status) = last_status {
+            for (p, secs) in &phases {
+                let mut l = base.clone();
+                l.push(("phase".into(), p.as_str().into()));
+                self.probe_http_duration.get_or_create(&l).set(*secs);
+                put(Series::HttpDuration, l);
+            }
+            self.probe_http_status
+                .get_or_create(&base)
+                .set(i64::from(status));
+            put(Series::HttpStatus, base.clone());
+            self.probe_http_ssl
+                .get_or_create(&base)
+                .set(i64::from(last_tls.unwrap_or(false)));
+            put(Series::HttpSsl, base.clone());
+            self.probe_http_redirects
+                .get_or_create(&base)
+                .set((http_calls - http_steps).max(0));
+            put(Series::HttpRedirects, base.clone());
+        }
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(r.journey.to_string(), written);
+        }
+    }
+
+    /// Removes a journey's `probe_*` series (after a reload dropped it), so a
+    /// deleted journey does not stay red or green forever.
+    pub fn forget(&self, journey: &str) {
+        let Some(series) = self.written.lock().ok().and_then(|mut w| w.remove(journey)) else {
+            return;
+        };
+        for (s, labels) in series {
+            match s {
+                Series::Success => self.probe_success.remove(&labels),
+                Series::Duration => self.probe_duration.remove(&labels),
+                Series::HttpDuration => self.probe_http_duration.remove(&labels),
+                Series::HttpStatus => self.probe_http_status.remove(&labels),
+                Series::HttpSsl => self.probe_http_ssl.remove(&labels),
+                Series::HttpRedirects => self.probe_http_redirects.remove(&labels),
+            };
+        }
+    }
+
+    pub fn skipped(&self, journey: &str) {
+        self.skipped
+            .get_or_create(&vec![("journey".into(), journey.into())])
+            .inc();
+    }
+
+    pub fn lateness(&self, secs: f64) {
+        self.lateness.observe(secs);
+    }
+
+    pub fn dropped(&self, signal: &str, n: u64) {
+        self.dropped
+            .get_or_create(&vec![("signal".into(), signal.into())])
+            .inc_by(n);
+    }
+
+    pub fn export_failed(&self, signal: &str) {
+        self.export_failures
+            .get_or_create(&vec![("signal".into(), signal.into())])
+            .inc();
+    }
+
+    pub fn set_journeys(&self, n: usize) {
+        self.journeys.set(n as i64);
+    }
+
+    /// The OpenMetrics text of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Prom {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The content type of [`Prom::encode`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
