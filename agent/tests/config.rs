@@ -234,3 +234,14 @@ fn secrets_are_redacted_in_errors_and_registered() {
     assert!(!text.contains("env-secret-value"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn committed_schema_matches_the_code() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/journey-v1.schema.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        committed == vantage::config::json_schema(),
+        "schema/journey-v1.schema.json is stale: run `cargo run -p vantage -- schema > schema/journey-v1.schema.json`"
+    );
+}

@@ -550,7 +550,7 @@ mod tests {
         let (status, _, _) = get(server.url("/delay/150")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(started.elapsed() >= Duration::from_millis(150));
-        assert_eq!(server.requests().len(), 10);
+        assert_eq!(server.requests().len(), 9);
     }
 
     #[tokio::test]
@@ -606,10 +606,10 @@ mod tests {
             let n = stream.read(&mut buf).await.expect("read");
             assert_ne!(n, 0, "server closed early: {got:?}");
             got.extend_from_slice(&buf[..n]);
-            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                if got.len() >= i + 4 + 10 {
-                    break i + 4;
-                }
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                && got.len() >= i + 4 + 10
+            {
+                break i + 4;
             }
         };
         let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();

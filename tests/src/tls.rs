@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
@@ -58,11 +59,22 @@ impl Default for TestCa {
 }
 
 impl TestCa {
-    /// A new CA (`CN=Vantage Test CA`, valid 1975–4096).
+    /// A new CA (`CN=Vantage Test CA <unique suffix>`, valid 1975–4096).
+    ///
+    /// Every CA gets a distinct name, so a certificate issued by another
+    /// `TestCa` fails verification with `UnknownIssuer`, not `BadSignature`.
     pub fn new() -> Self {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Vantage Test CA");
+        dn.push(
+            DnType::CommonName,
+            format!(
+                "Vantage Test CA {}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         dn.push(DnType::OrganizationName, "Vantage tests");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
