@@ -27,6 +27,8 @@ use crate::telemetry::{OtlpConfig, Telemetry};
 
 pub struct AgentOptions {
     pub paths: Vec<PathBuf>,
+    /// `--var` overrides of journey vars.
+    pub vars: std::collections::BTreeMap<String, String>,
     pub location: String,
     pub environment: Option<String>,
     pub listen: SocketAddr,
@@ -49,8 +51,16 @@ pub enum AgentError {
 }
 
 /// Loads journeys and keeps this shard's.
-pub fn load(paths: &[PathBuf], shard: Option<Shard>) -> Result<JourneySet, Vec<ConfigError>> {
-    let journeys = load_and_build(paths, &BuildOptions::from_process_env())?;
+pub fn load(
+    paths: &[PathBuf],
+    vars: &std::collections::BTreeMap<String, String>,
+    shard: Option<Shard>,
+) -> Result<JourneySet, Vec<ConfigError>> {
+    let opts = BuildOptions {
+        vars: vars.clone(),
+        ..BuildOptions::from_process_env()
+    };
+    let journeys = load_and_build(paths, &opts)?;
     Ok(Arc::new(
         journeys
             .into_iter()
@@ -86,7 +96,7 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let initial = load(&opts.paths, opts.shard).map_err(AgentError::Config)?;
+    let initial = load(&opts.paths, &opts.vars, opts.shard).map_err(AgentError::Config)?;
     let location: Arc<str> = opts.location.clone().into();
     let telemetry = Arc::new(
         Telemetry::start(opts.otlp.as_ref(), &location, opts.environment.as_deref())
@@ -200,10 +210,9 @@ async fn wait_and_reload(opts: &AgentOptions, tx: &watch::Sender<JourneySet>) {
                 "journey files changed"
             }
         };
-        let paths = opts.paths.clone();
-        let shard = opts.shard;
+        let (paths, vars, shard) = (opts.paths.clone(), opts.vars.clone(), opts.shard);
         // Reading and building touches the disk: keep it off the runtime threads.
-        let result = tokio::task::spawn_blocking(move || load(&paths, shard)).await;
+        let result = tokio::task::spawn_blocking(move || load(&paths, &vars, shard)).await;
         match result {
             Ok(Ok(set)) => {
                 info!(reason, journeys = set.len(), "configuration reloaded");

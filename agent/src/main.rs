@@ -57,6 +57,9 @@ enum Command {
         /// Journey files or directories (every *.yaml / *.yml inside).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Override a journey var: NAME=VALUE (repeatable; not a secret).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
     },
     /// Print the JSON Schema of the journey file format.
     Schema,
@@ -73,6 +76,11 @@ struct Common {
     /// `deployment.environment.name` on exported telemetry.
     #[arg(long, env = "VANTAGE_ENVIRONMENT")]
     environment: Option<String>,
+    /// Override a journey var: NAME=VALUE (repeatable). Applies to every
+    /// journey that declares the var. Not a secret: use `${env:...}` in the
+    /// journey for those.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
     /// Most journeys running at once.
     #[arg(long, env = "VANTAGE_CONCURRENCY", default_value_t = 256)]
     concurrency: usize,
@@ -83,6 +91,10 @@ struct Common {
     /// OTLP protocol: grpc or http/protobuf. Default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
     #[arg(long)]
     otlp_protocol: Option<String>,
+    /// Spans held for export while the collector is slow or down; past it the
+    /// oldest are dropped and counted in vantage_telemetry_dropped_total.
+    #[arg(long, env = "VANTAGE_OTLP_QUEUE_SPANS", default_value_t = 20_000)]
+    otlp_queue_spans: usize,
 }
 
 #[derive(Args)]
@@ -117,6 +129,23 @@ struct OnceArgs {
     /// Run only journeys whose name contains this text.
     #[arg(long)]
     only: Option<String>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    if !vantage::journey::template::is_var_name(k) {
+        return Err(format!("`{k}` is not a valid variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn build_options(vars: &[(String, String)]) -> vantage::journey::BuildOptions<'static> {
+    vantage::journey::BuildOptions {
+        vars: vars.iter().cloned().collect(),
+        ..vantage::journey::BuildOptions::from_process_env()
+    }
 }
 
 fn default_location() -> String {
@@ -157,7 +186,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths, vars } => check(&paths, &vars),
         Command::Once(args) => {
             init_logging(cli.log_format);
             runtime()
@@ -194,11 +223,8 @@ fn print_config_errors(errors: &[vantage::config::ConfigError]) {
     let _ = writeln!(err, "{} error(s)", errors.len());
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
-    match vantage::journey::build::load_and_build(
-        paths,
-        &vantage::journey::BuildOptions::from_process_env(),
-    ) {
+fn check(paths: &[PathBuf], vars: &[(String, String)]) -> ExitCode {
+    match vantage::journey::build::load_and_build(paths, &build_options(vars)) {
         Ok(journeys) => {
             println!("{} journey(s) OK", journeys.len());
             for j in &journeys {
@@ -220,14 +246,19 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn otlp(common: &Common) -> anyhow::Result<Option<OtlpConfig>> {
-    OtlpConfig::from_env(common.otlp_endpoint.clone(), common.otlp_protocol.clone())
-        .map_err(|e| anyhow::anyhow!(e))
+    let cfg = OtlpConfig::from_env(common.otlp_endpoint.clone(), common.otlp_protocol.clone())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(cfg.map(|c| OtlpConfig {
+        queue_spans: common.otlp_queue_spans.max(1),
+        ..c
+    }))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = AgentOptions {
         otlp: otlp(&args.common)?,
         paths: args.common.paths,
+        vars: args.common.vars.into_iter().collect(),
         location: args.common.location,
         environment: args.common.environment,
         listen: args.listen,
@@ -249,7 +280,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn once(args: OnceArgs) -> anyhow::Result<ExitCode> {
     let journeys = match vantage::journey::build::load_and_build(
         &args.common.paths,
-        &vantage::journey::BuildOptions::from_process_env(),
+        &build_options(&args.common.vars),
     ) {
         Ok(j) => j,
         Err(errors) => {

@@ -67,10 +67,10 @@ hex_id!(TraceId);
 hex_id!(SpanId);
 
 /// The small, documented set of failure kinds. `as_str()` is what becomes the
-/// `error.type` attribute; an HTTP status that failed its expectation is
-/// reported as the status code itself (`"500"`), as semantic conventions do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// `error.type` attribute (and the JSON report's `kind`); an HTTP status that
+/// failed its expectation is reported as the status code itself (`"500"`), as
+/// semantic conventions do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The step or journey deadline passed; the step error names the phase.
     Timeout,
@@ -116,6 +116,12 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => Borrowed("invalid_request"),
             ErrorKind::Cancelled => Borrowed("cancelled"),
         }
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
     }
 }
 

@@ -15,7 +15,10 @@ fn fixtures() -> PathBuf {
 /// file name, in order.
 fn errors_of(file: &str) -> Vec<String> {
     let env = |_: &str| None;
-    let opts = BuildOptions { env: &env };
+    let opts = BuildOptions {
+        env: &env,
+        vars: Default::default(),
+    };
     match load_and_build(&[fixtures().join(file)], &opts) {
         Ok(j) => panic!("{file} built {} journey(s) but should be invalid", j.len()),
         Err(errors) => errors
@@ -188,8 +191,11 @@ fn invalid_fixtures_report_their_exact_errors() {
 
 #[test]
 fn valid_example_journeys_build() {
-    let env = |k: &str| (k == "MOVIE_GURU_API").then(|| "http://127.0.0.1:8081".to_string());
-    let opts = BuildOptions { env: &env };
+    let env = |_: &str| None;
+    let opts = BuildOptions {
+        env: &env,
+        vars: Default::default(),
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../journeys");
     let journeys = load_and_build(&[root], &opts).unwrap_or_else(|e| {
         panic!(
@@ -214,7 +220,10 @@ fn secrets_are_redacted_in_errors_and_registered() {
     )
     .unwrap();
     let env = |k: &str| (k == "PW").then(|| "env-secret-value".to_string());
-    let opts = BuildOptions { env: &env };
+    let opts = BuildOptions {
+        env: &env,
+        vars: Default::default(),
+    };
     let journeys = load_and_build(&[dir.join("j.yaml")], &opts).unwrap();
     let r = &journeys[0].redactor;
     assert_eq!(

@@ -4,11 +4,13 @@
 //!   what it receives into [`FlatSpan`]s and [`FlatMetric`]s.
 //! - [`faults`]: loopback HTTP servers that misbehave on purpose.
 //! - [`tls`]: HTTPS servers with run-time generated certificates.
+//! - [`agent`]: the `vantage` binary as a supervised child process.
 //! - [`workspace_root`] / [`vantage_bin`]: paths for tests that spawn the
 //!   agent binary.
 //!
 //! This crate deliberately does not depend on the agent itself.
 
+pub mod agent;
 pub mod faults;
 pub mod otlp;
 mod server;

@@ -53,12 +53,16 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub struct BuildOptions<'a> {
     /// Environment lookup for `${env:NAME}` (a function so tests need no real env).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// `--var NAME=VALUE` overrides of journey vars. Not secrets: use them
+    /// for settings such as a base URL that should stay visible in spans.
+    pub vars: BTreeMap<String, String>,
 }
 
 impl BuildOptions<'static> {
     pub fn from_process_env() -> Self {
         BuildOptions {
             env: &|name| std::env::var(name).ok(),
+            vars: BTreeMap::new(),
         }
     }
 }
@@ -223,6 +227,10 @@ impl Cx<'_> {
             let path = format!("vars.{k}");
             if !super::template::is_var_name(k) {
                 self.err(v, &path, format!("invalid variable name `{k}`"));
+                continue;
+            }
+            if let Some(value) = self.opts.vars.get(k) {
+                statics.insert(k.clone(), value.clone());
                 continue;
             }
             if let Some(t) =
