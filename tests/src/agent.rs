@@ -123,7 +123,24 @@ impl AgentProcess {
 
     /// A plain HTTP/1.1 GET against the agent; returns status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(&format!("127.0.0.1:{}", self.port), path).await
+        http_get(&format!("127.0.0.1:{}", self.port), path, &[]).await
+    }
+
+    /// `/metrics` as Prometheus scrapes it: OpenMetrics, with exemplars.
+    pub async fn openmetrics(&self) -> Result<String> {
+        let (status, body) = http_get(
+            &format!("127.0.0.1:{}", self.port),
+            "/metrics",
+            &[(
+                "Accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )],
+        )
+        .await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
     }
 
     pub async fn metrics(&self) -> Result<String> {
@@ -213,10 +230,15 @@ impl AgentProcess {
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close`.
-pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+pub async fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

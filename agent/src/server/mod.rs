@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::telemetry::Prom;
-use crate::telemetry::prometheus::CONTENT_TYPE;
+use crate::telemetry::prometheus::{CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 #[derive(Clone)]
 pub struct ServerState {
@@ -41,8 +41,25 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.prom.encode())
+/// OpenMetrics (with trace-id exemplars) when the scraper asks for it, as
+/// Prometheus does; the classic text format otherwise (curl, older tools).
+async fn metrics(
+    State(s): State<ServerState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let wants_om = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_om {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.prom.encode())
+    } else {
+        (
+            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+            s.prom.encode_text(),
+        )
+    }
 }
 
 async fn index() -> impl IntoResponse {
@@ -50,4 +67,98 @@ async fn index() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "Vantage probe agent\n\n/metrics  Prometheus / OpenMetrics\n/healthz  liveness\n/readyz   readiness\n",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state(ready: bool) -> ServerState {
+        ServerState {
+            prom: Arc::new(Prom::new()),
+            ready: Arc::new(AtomicBool::new(ready)),
+        }
+    }
+
+    async fn get(state: ServerState, path: &str) -> (StatusCode, String, String) {
+        get_accept(state, path, "*/*").await
+    }
+
+    async fn get_accept(
+        state: ServerState,
+        path: &str,
+        accept: &str,
+    ) -> (StatusCode, String, String) {
+        let resp = router(state)
+            .oneshot(
+                Request::get(path)
+                    .header(header::ACCEPT, accept)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_always_ok() {
+        assert_eq!(get(state(false), "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_ready_flag_not_targets() {
+        assert_eq!(get(state(true), "/readyz").await.0, StatusCode::OK);
+        assert_eq!(
+            get(state(false), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiates_openmetrics_or_classic_text() {
+        let s = state(true);
+        s.prom.skipped("j");
+        let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let (status, ct, body) = get_accept(s.clone(), "/metrics", prometheus_accept).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        assert!(body.contains("vantage_build_info{version="), "{body}");
+        assert!(
+            body.contains("# TYPE vantage_schedule_skipped_ticks counter"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"));
+
+        let (_, ct, body) = get(s, "/metrics").await;
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        assert!(!body.contains("# EOF"));
+        assert!(
+            body.contains("# TYPE vantage_schedule_skipped_ticks_total counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains("vantage_schedule_skipped_ticks_total{journey=\"j\"} 1"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn index_lists_the_endpoints_and_unknown_paths_are_404() {
+        assert!(get(state(true), "/").await.2.contains("/metrics"));
+        let (status, _, body) = get(state(true), "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "not found\n");
+    }
 }

@@ -338,6 +338,11 @@ impl Prom {
         self.journeys.set(n as i64);
     }
 
+    /// The classic Prometheus text format of every series.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
     /// The OpenMetrics text of every series.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -355,3 +360,48 @@ impl Default for Prom {
 
 /// The content type of [`Prom::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Prom::encode_text`].
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites OpenMetrics text into the classic Prometheus text format for
+/// scrapers that do not ask for OpenMetrics: no exemplars (that format has
+/// none), no `# UNIT` or `# EOF`, and counter families named with their
+/// `_total` suffix as the classic format expects.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line
+            .strip_prefix("# TYPE ")
+            .or_else(|| line.strip_prefix("# HELP "))
+        {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = &line[..7];
+            if counters.contains(name) {
+                out.push_str(&format!("{kind}{name}_total {tail}\n"));
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        }
+        // A sample with an exemplar: `name{..} value # {labels} value [ts]`.
+        let sample = match line.find(" # {") {
+            Some(i) if !line.starts_with('#') => &line[..i],
+            _ => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,265 @@
+//! The long-running agent's lifecycle, through the real binary: readiness,
+//! reload on file change and SIGHUP (an invalid config is rejected and the
+//! old journeys keep running), graceful SIGTERM that lets an in-flight run
+//! finish and flushes its spans, cancellation past the grace period, and a
+//! collector outage that neither crashes the agent nor grows its memory,
+//! with export resuming when the collector returns.
+
+use std::time::Duration;
+
+use vantage_tests::agent::{AgentProcess, sample};
+use vantage_tests::{Receiver, start_echo};
+
+fn journey(name: &str, url: &str, every: &str) -> String {
+    format!(
+        "name: {name}\nschedule: {{ every: {every} }}\ntimeout: 10s\nsteps:\n  - name: get\n    http: {{ url: \"{url}\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rejects_invalid_config_and_applies_valid_config() {
+    let echo = start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("j.yaml");
+    std::fs::write(&file, journey("alpha", &echo.url("/a"), "200ms")).unwrap();
+    let agent = AgentProcess::start(&[dir.path()], &["--watch-interval", "100ms"], &[])
+        .await
+        .unwrap();
+    agent
+        .wait_for_metrics(
+            |m| sample(m, "probe_success{journey=\"alpha\"") == Some(1.0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(agent.get("/healthz").await.unwrap().0, 200);
+
+    // A broken edit: rejected, logged with its location, alpha keeps running.
+    std::fs::write(
+        &file,
+        "name: alpha\nsteps:\n  - name: get\n    http: { url: \"nope\" }\n",
+    )
+    .unwrap();
+    agent
+        .wait_for_log("reload rejected", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(agent.logs().contains("j.yaml:4:"), "{}", agent.logs());
+    let hits = echo.hits();
+    echo.wait_for_hits(hits + 2, Duration::from_secs(10))
+        .await
+        .expect("the old journey still runs after a rejected reload");
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 200);
+
+    // A valid edit: beta replaces alpha, and alpha's probe_* series go away.
+    std::fs::write(&file, journey("beta", &echo.url("/b"), "200ms")).unwrap();
+    let m = agent
+        .wait_for_metrics(
+            |m| {
+                sample(m, "probe_success{journey=\"beta\"") == Some(1.0)
+                    && !m.contains("probe_success{journey=\"alpha\"")
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(m.contains("vantage_journeys 1"), "{m}");
+
+    // SIGHUP reloads too, even without a change.
+    agent.signal("HUP").unwrap();
+    agent
+        .wait_for_log("reason=\"SIGHUP\"", Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_runs_finish_and_flushes_spans() {
+    let echo = start_echo().await;
+    let rx = Receiver::grpc().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow2.yaml"),
+        journey("slow-fast-schedule", &echo.url("/delay/1500"), "100ms"),
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(
+        &[dir.path()],
+        &["--grace", "10s"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    )
+    .await
+    .unwrap();
+    // Wait until a slow request is in flight, then ask the agent to stop.
+    echo.wait_for_hits(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    agent.signal("TERM").unwrap();
+    assert_eq!(agent.get("/readyz").await.map(|r| r.0).unwrap_or(503), 503);
+    let status = agent.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "exit {status:?}; logs:\n{}", agent.logs());
+    // The run that was in flight finished (passed, not cancelled) and its
+    // spans were flushed before exit.
+    let spans = rx.spans();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "journey slow-fast-schedule")
+        .unwrap_or_else(|| panic!("in-flight run not flushed; logs:\n{}", agent.logs()));
+    assert!(
+        root.is_ok(),
+        "status {} {}",
+        root.status_code,
+        root.status_message
+    );
+    assert!(root.duration() >= Duration::from_millis(1400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_the_grace_period_are_cancelled_and_still_reported() {
+    let echo = start_echo().await;
+    let rx = Receiver::http().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stuck.yaml"),
+        journey("stuck", &echo.url("/delay/20000"), "100ms")
+            .replace("timeout: 10s", "timeout: 30s"),
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(
+        &[dir.path()],
+        &["--grace", "300ms"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    )
+    .await
+    .unwrap();
+    echo.wait_for_hits(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    agent.signal("TERM").unwrap();
+    let status = agent.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "exit {status:?}; logs:\n{}", agent.logs());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let root = rx
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "journey stuck")
+        .unwrap_or_else(|| panic!("cancelled run not reported; logs:\n{}", agent.logs()));
+    assert!(root.is_error());
+    assert_eq!(root.attr_str("error.type"), Some("cancelled"));
+    assert!(
+        agent.logs().contains("grace period over"),
+        "{}",
+        agent.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_outage_is_survived_and_export_resumes() {
+    let echo = start_echo().await;
+    let mut rx = Receiver::grpc().await;
+    let addr = rx.addr();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            dir.path().join(format!("j{i}.yaml")),
+            journey(&format!("j{i}"), &echo.url("/ok"), "200ms"),
+        )
+        .unwrap();
+    }
+    let agent = AgentProcess::start(
+        &[dir.path()],
+        &["--otlp-queue-spans", "2000"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ],
+    )
+    .await
+    .unwrap();
+    rx.wait_for_metric("vantage.journey.duration", Duration::from_secs(15))
+        .await
+        .unwrap();
+    rx.wait_for_span("journey j0", Duration::from_secs(15))
+        .await
+        .unwrap();
+
+    // Collector down: runs go on, exports fail and are counted, and the
+    // bounded span queue overflows (20 journeys x 5 runs/s x 3 spans fills
+    // 2000 spans in under 7 s) with the drops counted.
+    rx.stop().await;
+    let rss_before = agent.rss_kib().unwrap();
+    let m = agent
+        .wait_for_metrics(
+            |m| {
+                sample(
+                    m,
+                    "vantage_telemetry_export_failures_total{signal=\"traces\"}",
+                )
+                .is_some_and(|v| v >= 1.0)
+                    && sample(
+                        m,
+                        "vantage_telemetry_export_failures_total{signal=\"metrics\"}",
+                    )
+                    .is_some_and(|v| v >= 1.0)
+                    && sample(m, "vantage_telemetry_dropped_total{signal=\"traces\"}")
+                        .is_some_and(|v| v >= 1.0)
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&m, "probe_success{journey=\"j0\""),
+        Some(1.0),
+        "probing goes on"
+    );
+    assert_eq!(agent.get("/healthz").await.unwrap().0, 200);
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 200);
+    let rss_during = agent.rss_kib().unwrap();
+    assert!(
+        rss_during < rss_before + 20 * 1024,
+        "memory grew from {rss_before} KiB to {rss_during} KiB during the outage"
+    );
+    // Export failures are logged, but not once per failure.
+    let warnings = agent.logs().matches("span export failed").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} span export warnings"
+    );
+
+    // Collector back on the same port: metrics and spans flow again,
+    // including spans of runs that happened during the outage.
+    let outage_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    rx = Receiver::grpc_on(addr).await.unwrap();
+    rx.wait_for_metric("vantage.journey.duration", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let spans = rx
+        .wait_for_spans(
+            |s| s.start_unix_nano < outage_end && s.is_root(),
+            Duration::from_secs(45),
+        )
+        .await
+        .unwrap();
+    assert!(!spans.is_empty());
+    agent
+        .wait_for_log("span export recovered", Duration::from_secs(30))
+        .await
+        .unwrap();
+}
