@@ -90,3 +90,78 @@ pub fn render(reports: &[JourneyReport]) -> String {
     x.push_str("</testsuites>\n");
     x
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::report::{ErrorKind, Outcome, SpanId, StepError, StepReport, TraceId};
+
+    fn step(name: &str, outcome: StepOutcome, error: Option<StepError>) -> StepReport {
+        StepReport {
+            name: name.into(),
+            kind: "http",
+            span_id: SpanId::random(),
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(12),
+            outcome,
+            error,
+            calls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failures_skips_and_escaping() {
+        let report = JourneyReport {
+            journey: "a<b>&\"c\"".into(),
+            location: "here".into(),
+            labels: Arc::new(BTreeMap::new()),
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(30),
+            lateness: None,
+            outcome: Outcome::Failed,
+            failed_step: Some(1),
+            steps: vec![
+                step("ok", StepOutcome::Passed, None),
+                step(
+                    "bad",
+                    StepOutcome::Failed,
+                    Some(StepError {
+                        kind: ErrorKind::Status(503),
+                        phase: None,
+                        message: "expected status 2xx, got 503 <html>\u{1}".into(),
+                    }),
+                ),
+                step("later", StepOutcome::Skipped, None),
+            ],
+        };
+        let xml = render(&[report]);
+        assert!(
+            xml.contains(r#"<testsuites name="vantage" tests="3" failures="1" skipped="1""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<testsuite name="a&lt;b&gt;&amp;&quot;c&quot;""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                r#"<failure type="503" message="expected status 2xx, got 503 &lt;html&gt;�">"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"name="later" time="0.012"><skipped"#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"value="01010101010101010101010101010101""#),
+            "trace id property: {xml}"
+        );
+    }
+}
