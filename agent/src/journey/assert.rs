@@ -9,6 +9,7 @@ use regex::Regex;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
+use super::template::Redactor;
 use crate::probes::Observation;
 use crate::probes::http::HttpResponse;
 use crate::report::ErrorKind;
@@ -98,13 +99,15 @@ fn fail(message: String) -> Failure {
     }
 }
 
-/// Checks every expectation; returns all that failed, in order.
-pub fn check(expectations: &[Expectation], obs: &Observation) -> Vec<Failure> {
+/// Checks every expectation; returns all that failed, in order. Values
+/// quoted in messages are redacted before they are shortened, so a cut can
+/// never leave part of a secret behind.
+pub fn check(expectations: &[Expectation], obs: &Observation, r: &Redactor) -> Vec<Failure> {
     let Observation::Http(resp) = obs;
     let mut failures = Vec::new();
     let mut json: Option<Result<Value, String>> = None;
     for e in expectations {
-        if let Err(f) = check_one(e, resp, &mut json) {
+        if let Err(f) = check_one(e, resp, &mut json, r) {
             failures.push(f);
         }
     }
@@ -115,6 +118,7 @@ fn check_one(
     e: &Expectation,
     resp: &HttpResponse,
     json: &mut Option<Result<Value, String>>,
+    r: &Redactor,
 ) -> Result<(), Failure> {
     match e {
         Expectation::Status(allowed) => {
@@ -131,7 +135,7 @@ fn check_one(
                 kind: ErrorKind::Status(code),
                 message: format!(
                     "expected status {list}, got {code}{}",
-                    body_hint(&resp.body)
+                    body_hint(&resp.body, r)
                 ),
             })
         }
@@ -143,7 +147,7 @@ fn check_one(
                 .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
             matcher
-                .check(&values)
+                .check(&values, r)
                 .map_err(|m| fail(format!("header `{name}`: {m}")))
         }
         Expectation::BodyContains(s) => {
@@ -152,14 +156,14 @@ fn check_one(
             } else {
                 Err(fail(format!(
                     "body does not contain {}{}",
-                    quote(s),
-                    body_hint(&resp.body)
+                    quote(s, r),
+                    body_hint(&resp.body, r)
                 )))
             }
         }
         Expectation::BodyNotContains(s) => {
             if String::from_utf8_lossy(&resp.body).contains(s.as_str()) {
-                Err(fail(format!("body contains {}", quote(s))))
+                Err(fail(format!("body contains {}", quote(s, r))))
             } else {
                 Ok(())
             }
@@ -171,7 +175,7 @@ fn check_one(
                 Err(fail(format!(
                     "body does not match /{}/{}",
                     re.as_str(),
-                    body_hint(&resp.body)
+                    body_hint(&resp.body, r)
                 )))
             }
         }
@@ -186,7 +190,7 @@ fn check_one(
                 .map_err(|e| fail(format!("{text}: {e}")))?;
             let nodes: Vec<Value> = path.query(doc).all().into_iter().cloned().collect();
             matcher
-                .check(&nodes)
+                .check(&nodes, r)
                 .map_err(|m| fail(format!("{text}: {m}")))
         }
         Expectation::LatencyBelow(limit) => {
@@ -209,7 +213,7 @@ fn parse_json(body: &[u8]) -> Result<Value, String> {
 
 impl Matcher {
     /// `nodes` are the values found (JSONPath matches or header values).
-    fn check(&self, nodes: &[Value]) -> Result<(), String> {
+    fn check(&self, nodes: &[Value], r: &Redactor) -> Result<(), String> {
         for op in &self.ops {
             if let Op::Exists(want) = op {
                 let found = !nodes.is_empty();
@@ -217,7 +221,7 @@ impl Matcher {
                     return Err(if *want {
                         "expected a match, found none".into()
                     } else {
-                        format!("expected no match, found {}", show(&nodes[0]))
+                        format!("expected no match, found {}", show(&nodes[0], r))
                     });
                 }
                 continue;
@@ -232,14 +236,14 @@ impl Matcher {
                     ));
                 }
             };
-            op.check(value)?;
+            op.check(value, r)?;
         }
         Ok(())
     }
 }
 
 impl Op {
-    fn check(&self, v: &Value) -> Result<(), String> {
+    fn check(&self, v: &Value, r: &Redactor) -> Result<(), String> {
         let ok = match self {
             Op::Exists(_) => true,
             Op::Equals(want) => values_equal(v, want),
@@ -248,7 +252,7 @@ impl Op {
             Op::Matches(re) => re.is_match(&text_of(v)),
             Op::Gt(n) | Op::Gte(n) | Op::Lt(n) | Op::Lte(n) => {
                 let Some(x) = number_of(v) else {
-                    return Err(format!("expected a number, got {}", show(v)));
+                    return Err(format!("expected a number, got {}", show(v, r)));
                 };
                 match self {
                     Op::Gt(_) => x > *n,
@@ -269,9 +273,9 @@ impl Op {
         }
         let want = match self {
             Op::Exists(_) => String::new(),
-            Op::Equals(w) => show(w),
-            Op::NotEquals(w) => format!("anything but {}", show(w)),
-            Op::Contains(s) => format!("a value containing {}", quote(s)),
+            Op::Equals(w) => show(w, r),
+            Op::NotEquals(w) => format!("anything but {}", show(w, r)),
+            Op::Contains(s) => format!("a value containing {}", quote(s, r)),
             Op::Matches(re) => format!("a value matching /{}/", re.as_str()),
             Op::Gt(n) => format!("> {n}"),
             Op::Gte(n) => format!(">= {n}"),
@@ -279,7 +283,7 @@ impl Op {
             Op::Lte(n) => format!("<= {n}"),
             Op::Length(n) => format!("length {n}"),
         };
-        Err(format!("expected {want}, got {}", show(v)))
+        Err(format!("expected {want}, got {}", show(v, r)))
     }
 }
 
@@ -309,8 +313,8 @@ pub fn text_of(v: &Value) -> String {
     }
 }
 
-fn show(v: &Value) -> String {
-    let s = v.to_string();
+fn show(v: &Value, r: &Redactor) -> String {
+    let s = r.redact(&v.to_string());
     if s.len() > 120 {
         format!("{}…", &s[..s.floor_char_boundary(120)])
     } else {
@@ -318,18 +322,21 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn quote(s: &str) -> String {
-    show(&Value::String(s.to_string()))
+fn quote(s: &str, r: &Redactor) -> String {
+    show(&Value::String(s.to_string()), r)
 }
 
 /// The start of a body, for messages: enough to recognise an error page.
-fn body_hint(body: &[u8]) -> String {
+fn body_hint(body: &[u8], r: &Redactor) -> String {
     if body.is_empty() {
         return String::new();
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    format!(" (body starts: {})", quote(&one_line))
+    // Redact the whole body before cutting: a secret straddling the cut
+    // would otherwise escape the redactor half-shown.
+    let text = r.redact(&String::from_utf8_lossy(body));
+    let cut = &text[..text.floor_char_boundary(200)];
+    let one_line: String = cut.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(" (body starts: {})", quote(&one_line, r))
 }
 
 fn fmt_secs(d: Duration) -> String {

@@ -183,7 +183,7 @@ async fn run_step(
             message: e.message,
         }),
         Ended::Done(Ok(obs)) => {
-            let failures = assert::check(&step.expect, &obs);
+            let failures = assert::check(&step.expect, &obs, &journey.redactor);
             if let Some(first) = failures.first() {
                 let message = failures
                     .iter()

@@ -71,6 +71,10 @@ impl ProbeEnv {
         // Every run resolves afresh: a cached answer would hide a DNS outage.
         builder.options_mut().cache_size = 0;
         builder.options_mut().attempts = 1;
+        // IPv4 first, then IPv6, and only the first answer is tried (no
+        // happy-eyeballs): `localhost` resolves to 127.0.0.1, not ::1.
+        builder.options_mut().ip_strategy =
+            hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
