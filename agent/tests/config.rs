@@ -2,6 +2,8 @@
 //! message (line:column: key path: text) is pinned here. A valid file next
 //! to them proves the fixtures fail for their own reason.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

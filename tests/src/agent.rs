@@ -177,10 +177,10 @@ impl AgentProcess {
     pub async fn wait_for_status(&self, path: &str, want: u16, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok((s, _)) = self.get(path).await {
-                if s == want {
-                    return Ok(());
-                }
+            if let Ok((s, _)) = self.get(path).await
+                && s == want
+            {
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(

@@ -5,6 +5,8 @@
 //! collector outage that neither crashes the agent nor grows its memory,
 //! with export resuming when the collector returns.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use vantage_tests::agent::{AgentProcess, sample};

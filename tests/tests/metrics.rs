@@ -3,6 +3,8 @@
 //! histograms with trace-id exemplars, and an exposition that Prometheus'
 //! own `promtool` accepts.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

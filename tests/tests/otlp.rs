@@ -4,6 +4,8 @@
 //! the metric names, units and buckets, the resource, and that the target
 //! received a `traceparent` naming the run's trace and the CLIENT span.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

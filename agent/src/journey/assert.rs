@@ -292,7 +292,8 @@ impl Op {
 fn values_equal(got: &Value, want: &Value) -> bool {
     match (got, want) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (Value::String(a), Value::Number(_) | Value::Bool(_)) => *a == want.to_string(),
+        (Value::String(a), Value::Number(n)) => a.trim().parse::<f64>().ok() == n.as_f64(),
+        (Value::String(a), Value::Bool(b)) => a.as_str() == if *b { "true" } else { "false" },
         _ => got == want,
     }
 }

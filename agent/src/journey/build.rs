@@ -177,18 +177,18 @@ impl Cx<'_> {
     }
 
     fn journey(&mut self, cfg: &JourneyConfig) -> Option<Journey> {
-        if let Some(v) = &cfg.version {
-            if v.value != config::FORMAT_VERSION {
-                self.err(
-                    v,
-                    "version",
-                    format!(
-                        "unsupported format version {} (this agent reads version {})",
-                        v.value,
-                        config::FORMAT_VERSION
-                    ),
-                );
-            }
+        if let Some(v) = &cfg.version
+            && v.value != config::FORMAT_VERSION
+        {
+            self.err(
+                v,
+                "version",
+                format!(
+                    "unsupported format version {} (this agent reads version {})",
+                    v.value,
+                    config::FORMAT_VERSION
+                ),
+            );
         }
         let name = cfg.name.value.trim();
         if name.is_empty() {
@@ -644,22 +644,18 @@ impl Cx<'_> {
         if let Some(b) = &e.body {
             let p = format!("{path}.body");
             let at = (b.line, b.column);
-            if let Some(s) = &b.value.contains {
-                if let Some(t) = self.template(at, &format!("{p}.contains"), s, statics, extracted)
-                {
-                    if let Some(text) = self.static_text(b, &format!("{p}.contains"), &t) {
-                        out.push(Expectation::BodyContains(text));
-                    }
-                }
+            if let Some(s) = &b.value.contains
+                && let Some(t) = self.template(at, &format!("{p}.contains"), s, statics, extracted)
+                && let Some(text) = self.static_text(b, &format!("{p}.contains"), &t)
+            {
+                out.push(Expectation::BodyContains(text));
             }
-            if let Some(s) = &b.value.not_contains {
-                if let Some(t) =
+            if let Some(s) = &b.value.not_contains
+                && let Some(t) =
                     self.template(at, &format!("{p}.not_contains"), s, statics, extracted)
-                {
-                    if let Some(text) = self.static_text(b, &format!("{p}.not_contains"), &t) {
-                        out.push(Expectation::BodyNotContains(text));
-                    }
-                }
+                && let Some(text) = self.static_text(b, &format!("{p}.not_contains"), &t)
+            {
+                out.push(Expectation::BodyNotContains(text));
             }
             if let Some(re) = &b.value.matches {
                 match Regex::new(re) {
@@ -694,10 +690,10 @@ impl Cx<'_> {
                 });
             }
         }
-        if let Some(l) = &e.latency_below {
-            if let Some(d) = self.duration(l, &format!("{path}.latency_below")) {
-                out.push(Expectation::LatencyBelow(d));
-            }
+        if let Some(l) = &e.latency_below
+            && let Some(d) = self.duration(l, &format!("{path}.latency_below"))
+        {
+            out.push(Expectation::LatencyBelow(d));
         }
         out
     }

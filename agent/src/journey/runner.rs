@@ -136,14 +136,18 @@ async fn run_step(
         };
         tokio::select! {
             r = tokio::time::timeout_at(deadline, probes::run(&step.action, ctx)) => match r {
-                Ok(r) => Ended::Done(r),
+                Ok(r) => Ended::Done(Box::new(r)),
                 Err(_) => Ended::TimedOut,
             },
             _ = cancel.cancelled() => Ended::Cancelled,
         }
     };
+    let ended = match ended {
+        Ended::Done(r) => Ok(*r),
+        other => Err(other),
+    };
     let error = match ended {
-        Ended::Cancelled => {
+        Err(Ended::Cancelled) => {
             rec.abort(ErrorKind::Cancelled);
             Some(StepError {
                 kind: ErrorKind::Cancelled,
@@ -151,7 +155,7 @@ async fn run_step(
                 message: "run cancelled: the agent is shutting down".into(),
             })
         }
-        Ended::TimedOut => {
+        Err(_) => {
             // The probe future was dropped at the deadline.
             let phase = rec.phase;
             rec.abort(ErrorKind::Timeout);
@@ -177,12 +181,12 @@ async fn run_step(
                 message: format!("{limit} reached in step `{}`{during}", step.name),
             })
         }
-        Ended::Done(Err(e)) => Some(StepError {
+        Ok(Err(e)) => Some(StepError {
             kind: e.kind,
             phase: e.phase,
             message: e.message,
         }),
-        Ended::Done(Ok(obs)) => {
+        Ok(Ok(obs)) => {
             let failures = assert::check(&step.expect, &obs, &journey.redactor);
             if let Some(first) = failures.first() {
                 let message = failures
@@ -220,7 +224,7 @@ async fn run_step(
 }
 
 enum Ended {
-    Done(Result<probes::Observation, probes::ProbeError>),
+    Done(Box<Result<probes::Observation, probes::ProbeError>>),
     TimedOut,
     Cancelled,
 }

@@ -141,12 +141,12 @@ pub async fn run(req: &HttpRequest, ctx: Ctx<'_>) -> Result<HttpResponse, ProbeE
         headers.append(name.clone(), value);
     }
     let (mut body, content_type) = render_body(&req.body, ctx.vars).map_err(invalid)?;
-    if let Some(ct) = content_type {
-        if !headers.contains_key(header::CONTENT_TYPE) {
-            let v = HeaderValue::from_str(&ct)
-                .map_err(|_| invalid("content type has invalid characters".into()))?;
-            headers.insert(header::CONTENT_TYPE, v);
-        }
+    if let Some(ct) = content_type
+        && !headers.contains_key(header::CONTENT_TYPE)
+    {
+        let v = HeaderValue::from_str(&ct)
+            .map_err(|_| invalid("content type has invalid characters".into()))?;
+        headers.insert(header::CONTENT_TYPE, v);
     }
     let mut method = req.method.clone();
     let mut redirects = 0u32;
@@ -471,10 +471,10 @@ impl Exchange<'_> {
             req_headers.append(k.clone(), v.clone());
         }
         let set_default = |h: &mut HeaderMap, name: HeaderName, value: &str| {
-            if !h.contains_key(&name) {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    h.insert(name, v);
-                }
+            if !h.contains_key(&name)
+                && let Ok(v) = HeaderValue::from_str(value)
+            {
+                h.insert(name, v);
             }
         };
         set_default(req_headers, header::USER_AGENT, self.user_agent);
@@ -491,10 +491,11 @@ impl Exchange<'_> {
             .get_request_values(self.url)
             .map(|(n, v)| format!("{n}={v}"))
             .collect();
-        if !jar.is_empty() && !req_headers.contains_key(header::COOKIE) {
-            if let Ok(v) = HeaderValue::from_str(&jar.join("; ")) {
-                req_headers.insert(header::COOKIE, v);
-            }
+        if !jar.is_empty()
+            && !req_headers.contains_key(header::COOKIE)
+            && let Ok(v) = HeaderValue::from_str(&jar.join("; "))
+        {
+            req_headers.insert(header::COOKIE, v);
         }
         let request = builder
             .body(Full::new(self.body.clone()))
@@ -532,10 +533,9 @@ impl Exchange<'_> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
+            && len > self.max_body
         {
-            if len > self.max_body {
-                return Err(too_large(len));
-            }
+            return Err(too_large(len));
         }
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
@@ -611,9 +611,9 @@ fn describe_hyper(e: &hyper::Error) -> String {
 pub fn format_bytes(n: u64) -> String {
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * 1024;
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
-    } else if n >= KIB && n % KIB == 0 {
+    } else if n >= KIB && n.is_multiple_of(KIB) {
         format!("{} KiB", n / KIB)
     } else {
         format!("{n} bytes")

@@ -294,10 +294,10 @@ impl Otlp {
     /// Flushes what is queued, within `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
         self.spans = None;
-        if let Some(worker) = self.worker.take() {
-            if tokio::time::timeout(grace, worker).await.is_err() {
-                warn!(grace = ?grace, "span export did not finish within the grace period; unsent spans are lost");
-            }
+        if let Some(worker) = self.worker.take()
+            && tokio::time::timeout(grace, worker).await.is_err()
+        {
+            warn!(grace = ?grace, "span export did not finish within the grace period; unsent spans are lost");
         }
         if let Some(provider) = self.provider.take() {
             // The SDK's shutdown blocks while the reader thread exports.
@@ -463,10 +463,10 @@ pub fn resource(location: &str, environment: Option<&str>) -> Resource {
         .with_detector(Box::new(
             opentelemetry_sdk::resource::EnvResourceDetector::new(),
         ));
-    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME") {
-        if !name.trim().is_empty() {
-            b = b.with_service_name(name);
-        }
+    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
+        && !name.trim().is_empty()
+    {
+        b = b.with_service_name(name);
     }
     b.build()
 }
