@@ -88,6 +88,10 @@ pub enum ErrorKind {
     TooManyRedirects,
     /// The response arrived but an expectation did not hold.
     Assertion,
+    /// The server refused the credentials (database login, Redis AUTH).
+    Auth,
+    /// The server rejected the statement or command.
+    Query,
     /// An HTTP status outside the expected set; exported as the code itself.
     Status(u16),
     /// A value could not be extracted into a variable.
@@ -111,6 +115,8 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => Borrowed("body_too_large"),
             ErrorKind::TooManyRedirects => Borrowed("too_many_redirects"),
             ErrorKind::Assertion => Borrowed("assertion"),
+            ErrorKind::Auth => Borrowed("auth"),
+            ErrorKind::Query => Borrowed("query"),
             ErrorKind::Status(code) => std::borrow::Cow::Owned(code.to_string()),
             ErrorKind::Extraction => Borrowed("extraction"),
             ErrorKind::InvalidRequest => Borrowed("invalid_request"),
@@ -142,10 +148,21 @@ pub enum Phase {
     Processing,
     /// From the response head to the last byte of the body.
     Transfer,
+    /// A database statement, from sending it to the last row.
+    Query,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
+        Phase::Resolve,
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Processing,
+        Phase::Transfer,
+        Phase::Query,
+    ];
+    /// The phases of an HTTP exchange (`probe_http_duration_seconds`).
+    pub const HTTP: [Phase; 5] = [
         Phase::Resolve,
         Phase::Connect,
         Phase::Tls,
@@ -160,6 +177,7 @@ impl Phase {
             Phase::Tls => "tls",
             Phase::Processing => "processing",
             Phase::Transfer => "transfer",
+            Phase::Query => "query",
         }
     }
 }
@@ -263,6 +281,8 @@ pub struct Call {
     /// `error.type` of this call alone, when it failed at the transport level
     /// or returned an error status.
     pub error_type: Option<String>,
+    /// Time in each phase the call went through.
+    pub phases: PhaseTimings,
     pub detail: CallDetail,
 }
 
@@ -270,6 +290,62 @@ pub struct Call {
 #[serde(tag = "protocol", rename_all = "snake_case")]
 pub enum CallDetail {
     Http(HttpCall),
+    Db(DbCall),
+    Dns(DnsCall),
+    Tcp(TcpCall),
+    Tls(TlsCall),
+}
+
+/// A database operation (SQL statement or Redis command).
+#[derive(Clone, Debug, Serialize)]
+pub struct DbCall {
+    /// Semconv `db.system.name`: `postgresql`, `mysql`, `mariadb`, `redis`.
+    pub system: &'static str,
+    /// Semconv `db.operation.name`: `SELECT`, `INSERT`, `GET`, ...
+    pub operation: String,
+    /// The statement, only when its values are bound as parameters.
+    pub query_text: Option<String>,
+    pub namespace: Option<String>,
+    pub server_address: String,
+    pub server_port: u16,
+    /// SQLSTATE or Redis error prefix, on failure.
+    pub response_status: Option<String>,
+    pub rows: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DnsCall {
+    pub question: String,
+    pub record_type: String,
+    pub server: SocketAddr,
+    pub transport: &'static str,
+    pub rcode: Option<String>,
+    pub answers: u32,
+    pub authorities: u32,
+    pub additionals: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpCall {
+    pub server_address: String,
+    pub server_port: u16,
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    pub bytes_received: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsCall {
+    pub server_address: String,
+    pub server_port: u16,
+    pub peer: Option<SocketAddr>,
+    /// `1.2` or `1.3`.
+    pub protocol_version: Option<String>,
+    pub cipher: Option<String>,
+    /// Earliest `notAfter` in the presented chain, unix seconds.
+    pub earliest_expiry: Option<i64>,
+    /// Whether the chain verified for the host (the step fails otherwise).
+    pub verified: Option<bool>,
 }
 
 /// An HTTP request on a fresh connection, with its phase timings.
@@ -286,7 +362,8 @@ pub struct HttpCall {
     pub protocol_version: Option<&'static str>,
     pub tls: bool,
     pub response_bytes: u64,
-    pub phases: PhaseTimings,
+    /// Earliest `notAfter` in the server's chain (unix seconds), for https.
+    pub cert_expiry: Option<i64>,
 }
 
 /// Time spent in each phase; `None` for a phase that was not reached or does
@@ -303,6 +380,11 @@ pub struct PhaseTimings {
     pub processing: Option<Duration>,
     #[serde(serialize_with = "ser_opt_duration")]
     pub transfer: Option<Duration>,
+    #[serde(
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub query: Option<Duration>,
 }
 
 impl PhaseTimings {
@@ -313,6 +395,7 @@ impl PhaseTimings {
             Phase::Tls => self.tls,
             Phase::Processing => self.processing,
             Phase::Transfer => self.transfer,
+            Phase::Query => self.query,
         }
     }
 
@@ -323,6 +406,7 @@ impl PhaseTimings {
             Phase::Tls => &mut self.tls,
             Phase::Processing => &mut self.processing,
             Phase::Transfer => &mut self.transfer,
+            Phase::Query => &mut self.query,
         };
         *slot = Some(d);
     }

@@ -120,8 +120,8 @@ async fn healthy_run_exports_the_span_tree_and_metrics(protocol: &str, rx: Recei
         let url = c.attr_str("url.full").unwrap();
         assert!(url.starts_with(&demo.base_url()), "{url}");
         assert_eq!(c.attr_str("network.peer.address"), Some("127.0.0.1"));
-        assert!(c.attr("vantage.http.phase.connect").is_some());
-        assert!(c.attr("vantage.http.phase.processing").is_some());
+        assert!(c.attr("vantage.phase.connect").is_some());
+        assert!(c.attr("vantage.phase.processing").is_some());
         assert!(c.attr("error.type").is_none());
     }
 

@@ -92,8 +92,8 @@ pub struct ScheduleConfig {
     pub cron: Option<String>,
 }
 
-/// One step: exactly one probe kind (`http`), with optional expectations
-/// and extractions.
+/// One step: exactly one probe kind (`http`, `sql`, `redis`, `tcp`, `dns`,
+/// `tls`), with optional expectations and extractions.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
@@ -106,6 +106,16 @@ pub struct StepConfig {
     pub continue_on_failure: bool,
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub sql: Option<SqlConfig>,
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    #[serde(default)]
+    pub tcp: Option<TcpConfig>,
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub expect: Option<ExpectConfig>,
     /// Variables to set for later steps, by name.
@@ -145,6 +155,125 @@ pub struct HttpConfig {
     pub max_body: Option<Loc<String>>,
 }
 
+/// A SQL statement on PostgreSQL or MySQL/MariaDB, on a fresh connection.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `postgres` or `mysql` (also for MariaDB).
+    pub driver: Loc<String>,
+    /// Connection URL, e.g. `${env:DB_DSN}` (`postgres://user:pass@host/db`).
+    pub dsn: Loc<String>,
+    /// One statement; values go in `params` (`$1` for PostgreSQL, `?` for MySQL).
+    pub query: Loc<String>,
+    /// Bound parameters: strings (may use `${var}`), numbers, booleans, null.
+    #[serde(default)]
+    pub params: Vec<Loc<serde_json::Value>>,
+    /// Default 5s.
+    #[serde(default)]
+    pub connect_timeout: Option<Loc<String>>,
+    /// Enforced by the server, which cancels the statement. Default 10s, and
+    /// never past the step's deadline.
+    #[serde(default)]
+    pub statement_timeout: Option<Loc<String>>,
+    /// Allow writes and commit them. Default false (a read-only transaction).
+    #[serde(default)]
+    pub write: bool,
+    /// Allow writes and roll them back: the check leaves nothing behind.
+    #[serde(default)]
+    pub rollback: bool,
+    /// Rows kept from the result (default 1000).
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+    /// `disable`, `prefer` (default), `require`, `verify_ca` or `verify_full`.
+    #[serde(default)]
+    pub tls: Option<Loc<String>>,
+    /// PEM CA file for `verify_ca`/`verify_full` (relative to the journey file).
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+}
+
+/// One Redis command on a fresh connection.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db` or `rediss://` for TLS.
+    pub url: Loc<String>,
+    /// `PING`, `"GET session:${id}"` or a list such as `[LLEN, jobs]`.
+    pub command: Loc<RedisCommand>,
+    /// Default 5s.
+    #[serde(default)]
+    pub connect_timeout: Option<Loc<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum RedisCommand {
+    Line(String),
+    Words(Vec<String>),
+}
+
+/// A TCP connection, optionally with TLS, a payload and a reply to judge.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    pub host: Loc<String>,
+    pub port: Loc<u16>,
+    /// Speak TLS on the connection.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+    /// Sent after connecting (may use `${var}`; `\r\n` as YAML escapes).
+    #[serde(default)]
+    pub send: Option<Loc<String>>,
+    /// Stop reading once this text arrived.
+    #[serde(default)]
+    pub read_until: Option<String>,
+    /// Stop reading after this long without data. Default 1s.
+    #[serde(default)]
+    pub idle_timeout: Option<Loc<String>>,
+}
+
+/// One DNS query.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    pub name: Loc<String>,
+    /// Record type: A (default), AAAA, CNAME, MX, NS, TXT, SOA, SRV, PTR, CAA, ...
+    #[serde(default, rename = "type")]
+    pub record_type: Option<Loc<String>>,
+    /// `ip` or `ip:port`; default the system's first nameserver.
+    #[serde(default)]
+    pub server: Option<Loc<String>>,
+    /// `udp` (default) or `tcp`.
+    #[serde(default)]
+    pub transport: Option<Loc<String>>,
+    /// Ask for recursion. Default true.
+    #[serde(default)]
+    pub recursion: Option<bool>,
+}
+
+/// A TLS handshake and certificate check.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub host: Loc<String>,
+    /// Default 443.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// SNI and the name the certificate must match; default `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Extra trusted CAs (PEM, relative to the journey file).
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+    /// Report the figures without verifying the chain.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
 /// Exactly one of `raw`, `json` or `form`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +295,7 @@ pub struct BodyConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectConfig {
-    /// `200`, `"2xx"`, or a list of either. Default: `2xx`.
+    /// HTTP: `200`, `"2xx"`, or a list of either. Default: `2xx`.
     #[serde(default)]
     pub status: Option<Loc<StatusConfig>>,
     /// Response headers by name (case-insensitive).
@@ -180,6 +309,24 @@ pub struct ExpectConfig {
     /// The step's total time must stay below this, e.g. `2s`.
     #[serde(default)]
     pub latency_below: Option<Loc<String>>,
+    /// SQL: first column of the first row; Redis: the reply.
+    #[serde(default)]
+    pub scalar: Option<Loc<Matcher>>,
+    /// SQL: the number of rows returned.
+    #[serde(default)]
+    pub rows: Option<Loc<Matcher>>,
+    /// DNS: the response code (default `NOERROR`).
+    #[serde(default)]
+    pub rcode: Option<Loc<Matcher>>,
+    /// DNS: the answer section as a list of record data strings.
+    #[serde(default)]
+    pub answers: Option<Loc<Matcher>>,
+    /// TLS: days until the earliest certificate expiry in the chain.
+    #[serde(default)]
+    pub cert_days_left: Option<Loc<Matcher>>,
+    /// TLS: the negotiated version, `1.2` or `1.3`.
+    #[serde(default)]
+    pub tls_version: Option<Loc<Matcher>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone)]

@@ -11,7 +11,6 @@ use serde_json_path::JsonPath;
 
 use super::template::Redactor;
 use crate::probes::Observation;
-use crate::probes::http::HttpResponse;
 use crate::report::ErrorKind;
 
 #[derive(Debug)]
@@ -30,6 +29,100 @@ pub enum Expectation {
         matcher: Matcher,
     },
     LatencyBelow(Duration),
+    Field {
+        field: Field,
+        matcher: Matcher,
+    },
+}
+
+/// A named figure of an observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// First column of the first row (SQL), or the reply (Redis).
+    Scalar,
+    /// Number of rows returned (SQL).
+    Rows,
+    /// The DNS response code (`NOERROR`, `NXDOMAIN`, ...).
+    Rcode,
+    /// The DNS answer section, as record data strings.
+    Answers,
+    /// Days until the earliest certificate expiry (TLS).
+    CertDaysLeft,
+    /// The negotiated TLS version (`1.2`, `1.3`).
+    TlsVersion,
+}
+
+impl Field {
+    pub fn key(&self) -> &'static str {
+        match self {
+            Field::Scalar => "scalar",
+            Field::Rows => "rows",
+            Field::Rcode => "rcode",
+            Field::Answers => "answers",
+            Field::CertDaysLeft => "cert_days_left",
+            Field::TlsVersion => "tls_version",
+        }
+    }
+
+    /// The step kinds that have this figure.
+    pub fn kinds(&self) -> &'static [&'static str] {
+        match self {
+            Field::Scalar => &["sql", "redis"],
+            Field::Rows => &["sql"],
+            Field::Rcode | Field::Answers => &["dns"],
+            Field::CertDaysLeft | Field::TlsVersion => &["tls"],
+        }
+    }
+
+    fn value(&self, obs: &Observation) -> Result<Value, String> {
+        match (self, obs) {
+            (Field::Scalar, Observation::Sql(r)) => r
+                .scalar()
+                .ok_or_else(|| "the query returned no rows".to_string()),
+            (Field::Scalar, Observation::Redis(r)) => Ok(r.reply.clone()),
+            (Field::Rows, Observation::Sql(r)) => Ok(Value::from(r.rows.len())),
+            (Field::Rcode, Observation::Dns(r)) => Ok(Value::String(r.rcode.clone())),
+            (Field::Answers, Observation::Dns(r)) => Ok(Value::from(r.answers.clone())),
+            (Field::CertDaysLeft, Observation::Tls(r)) => r
+                .days_left()
+                .map(|d| Value::from((d * 100.0).round() / 100.0))
+                .ok_or_else(|| "the server presented no certificate".to_string()),
+            (Field::TlsVersion, Observation::Tls(r)) => Ok(r
+                .protocol_version
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null)),
+            _ => Err(format!("this step has no `{}`", self.key())),
+        }
+    }
+}
+
+impl Expectation {
+    /// The config key it came from, for messages.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Expectation::Status(_) => "status",
+            Expectation::Header { .. } => "headers",
+            Expectation::BodyContains(_)
+            | Expectation::BodyNotContains(_)
+            | Expectation::BodyMatches(_) => "body",
+            Expectation::Json { .. } => "json",
+            Expectation::LatencyBelow(_) => "latency_below",
+            Expectation::Field { field, .. } => field.key(),
+        }
+    }
+
+    /// Whether a step of `kind` can be judged by this expectation.
+    pub fn applies_to(&self, kind: &str) -> bool {
+        match self {
+            Expectation::Status(_) | Expectation::Header { .. } => kind == "http",
+            Expectation::BodyContains(_)
+            | Expectation::BodyNotContains(_)
+            | Expectation::BodyMatches(_) => matches!(kind, "http" | "tcp"),
+            Expectation::Json { .. } | Expectation::LatencyBelow(_) => true,
+            Expectation::Field { field, .. } => field.kinds().contains(&kind),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,11 +196,10 @@ fn fail(message: String) -> Failure {
 /// quoted in messages are redacted before they are shortened, so a cut can
 /// never leave part of a secret behind.
 pub fn check(expectations: &[Expectation], obs: &Observation, r: &Redactor) -> Vec<Failure> {
-    let Observation::Http(resp) = obs;
     let mut failures = Vec::new();
     let mut json: Option<Result<Value, String>> = None;
     for e in expectations {
-        if let Err(f) = check_one(e, resp, &mut json, r) {
+        if let Err(f) = check_one(e, obs, &mut json, r) {
             failures.push(f);
         }
     }
@@ -116,12 +208,25 @@ pub fn check(expectations: &[Expectation], obs: &Observation, r: &Redactor) -> V
 
 fn check_one(
     e: &Expectation,
-    resp: &HttpResponse,
+    obs: &Observation,
     json: &mut Option<Result<Value, String>>,
     r: &Redactor,
 ) -> Result<(), Failure> {
+    let text = || obs.text().map(String::from_utf8_lossy).unwrap_or_default();
+    let hint = || body_hint(obs.text().unwrap_or_default(), r);
     match e {
+        Expectation::Field { field, matcher } => {
+            let v = field
+                .value(obs)
+                .map_err(|m| fail(format!("{}: {m}", field.key())))?;
+            matcher
+                .check(std::slice::from_ref(&v), r)
+                .map_err(|m| fail(format!("{}: {m}", field.key())))
+        }
         Expectation::Status(allowed) => {
+            let Observation::Http(resp) = obs else {
+                return Err(fail("status: not an HTTP step".into()));
+            };
             let code = resp.status.as_u16();
             if allowed.iter().any(|m| m.matches(code)) {
                 return Ok(());
@@ -140,6 +245,9 @@ fn check_one(
             })
         }
         Expectation::Header { name, matcher } => {
+            let Observation::Http(resp) = obs else {
+                return Err(fail("headers: not an HTTP step".into()));
+            };
             let values: Vec<Value> = resp
                 .headers
                 .get_all(name)
@@ -151,31 +259,31 @@ fn check_one(
                 .map_err(|m| fail(format!("header `{name}`: {m}")))
         }
         Expectation::BodyContains(s) => {
-            if String::from_utf8_lossy(&resp.body).contains(s.as_str()) {
+            if text().contains(s.as_str()) {
                 Ok(())
             } else {
                 Err(fail(format!(
                     "body does not contain {}{}",
                     quote(s, r),
-                    body_hint(&resp.body, r)
+                    hint()
                 )))
             }
         }
         Expectation::BodyNotContains(s) => {
-            if String::from_utf8_lossy(&resp.body).contains(s.as_str()) {
+            if text().contains(s.as_str()) {
                 Err(fail(format!("body contains {}", quote(s, r))))
             } else {
                 Ok(())
             }
         }
         Expectation::BodyMatches(re) => {
-            if re.is_match(&String::from_utf8_lossy(&resp.body)) {
+            if re.is_match(&text()) {
                 Ok(())
             } else {
                 Err(fail(format!(
                     "body does not match /{}/{}",
                     re.as_str(),
-                    body_hint(&resp.body, r)
+                    hint()
                 )))
             }
         }
@@ -185,7 +293,7 @@ fn check_one(
             matcher,
         } => {
             let doc = json
-                .get_or_insert_with(|| parse_json(&resp.body))
+                .get_or_insert_with(|| obs.document())
                 .as_ref()
                 .map_err(|e| fail(format!("{text}: {e}")))?;
             let nodes: Vec<Value> = path.query(doc).all().into_iter().cloned().collect();
@@ -194,21 +302,18 @@ fn check_one(
                 .map_err(|m| fail(format!("{text}: {m}")))
         }
         Expectation::LatencyBelow(limit) => {
-            if resp.elapsed < *limit {
+            let elapsed = obs.elapsed();
+            if elapsed < *limit {
                 Ok(())
             } else {
                 Err(fail(format!(
                     "took {}, expected below {}",
-                    fmt_secs(resp.elapsed),
+                    fmt_secs(elapsed),
                     fmt_secs(*limit)
                 )))
             }
         }
     }
-}
-
-fn parse_json(body: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(body).map_err(|e| format!("response body is not JSON ({e})"))
 }
 
 impl Matcher {
@@ -354,10 +459,9 @@ pub fn extract(
     obs: &Observation,
     cookies: &cookie_store::CookieStore,
 ) -> Result<String, String> {
-    let Observation::Http(resp) = obs;
     match ex {
         Extraction::Json { path, text } => {
-            let doc = parse_json(&resp.body)?;
+            let doc = obs.document()?;
             let nodes = path.query(&doc).all();
             match nodes.as_slice() {
                 [one] => Ok(text_of(one)),
@@ -369,18 +473,21 @@ pub fn extract(
             }
         }
         Extraction::Regex(re) => {
-            let body = String::from_utf8_lossy(&resp.body);
+            let body = String::from_utf8_lossy(obs.text().unwrap_or_default());
             let caps = re
                 .captures(&body)
                 .ok_or_else(|| format!("/{}/ did not match the body", re.as_str()))?;
             let m = caps.get(1).or_else(|| caps.get(0));
             Ok(m.map(|m| m.as_str().to_string()).unwrap_or_default())
         }
-        Extraction::Header(name) => resp
-            .headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .ok_or_else(|| format!("no `{name}` header in the response")),
+        Extraction::Header(name) => match obs {
+            Observation::Http(resp) => resp
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .ok_or_else(|| format!("no `{name}` header in the response")),
+            _ => Err("headers exist only on HTTP steps".into()),
+        },
         Extraction::Cookie(name) => cookies
             .iter_unexpired()
             .find(|c| c.name() == name)

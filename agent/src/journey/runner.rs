@@ -130,6 +130,7 @@ async fn run_step(
         let ctx = Ctx {
             env: &env.probes,
             trace_id,
+            deadline,
             vars,
             cookies,
             rec: &mut rec,
@@ -241,8 +242,15 @@ fn finish(
     let redactor = &journey.redactor;
     let mut calls = rec.calls;
     for call in &mut calls {
-        let CallDetail::Http(h) = &mut call.detail;
-        redactor.redact_in_place(&mut h.url);
+        match &mut call.detail {
+            CallDetail::Http(h) => redactor.redact_in_place(&mut h.url),
+            CallDetail::Db(d) => {
+                if let Some(q) = &mut d.query_text {
+                    redactor.redact_in_place(q);
+                }
+            }
+            CallDetail::Dns(_) | CallDetail::Tcp(_) | CallDetail::Tls(_) => {}
+        }
     }
     let error = error.map(|mut e| {
         redactor.redact_in_place(&mut e.message);

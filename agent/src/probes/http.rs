@@ -9,7 +9,7 @@
 //! `traceparent` with the call's span id and a `tracestate` entry marking it
 //! synthetic.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use url::Url;
 
 use super::{Ctx, ProbeError};
 use crate::journey::{Template, Vars};
-use crate::report::{CallDetail, ErrorKind, HttpCall, Phase, PhaseTimings, SpanId, TraceId};
+use crate::report::{CallDetail, ErrorKind, HttpCall, Phase, SpanId, TraceId};
 
 /// Default cap on a response body.
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -321,7 +321,7 @@ impl Exchange<'_> {
             protocol_version: None,
             tls: https,
             response_bytes: 0,
-            phases: PhaseTimings::default(),
+            cert_expiry: None,
         }));
         let result = self
             .exchange(env, cookies, rec, &host, port, https, span_id)
@@ -347,13 +347,7 @@ impl Exchange<'_> {
         span_id: SpanId,
     ) -> Result<HttpResponse, ProbeError> {
         let bare_host = host.trim_matches(['[', ']']);
-        let ip: IpAddr = match bare_host.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => {
-                rec.enter(Phase::Resolve);
-                resolve(env, bare_host).await?
-            }
-        };
+        let ip = super::resolve_host(env, rec, bare_host).await?;
         let addr = SocketAddr::new(ip, port);
         rec.enter(Phase::Connect);
         let tcp = TcpStream::connect(addr).await.map_err(|e| {
@@ -387,6 +381,14 @@ impl Exchange<'_> {
                 )
             })?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let expiry = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(super::tls::earliest_expiry);
+            if let Some(CallDetail::Http(h)) = rec.detail_mut() {
+                h.cert_expiry = expiry;
+            }
             self.send(stream, h2, cookies, rec, &traceparent, host, port)
                 .await?
         } else {
@@ -580,20 +582,6 @@ impl Sender {
             Sender::H2(s) => s.send_request(req).await,
         }
     }
-}
-
-async fn resolve(env: &super::ProbeEnv, host: &str) -> Result<IpAddr, ProbeError> {
-    let dns = |m: String| ProbeError::new(ErrorKind::Dns, Some(Phase::Resolve), m);
-    let lookup = env
-        .resolver
-        .lookup_ip(host)
-        .await
-        .map_err(|e| dns(format!("cannot resolve `{host}`: {e}")))?;
-    // IPv4 first, then IPv6, as the resolver orders them; no fallback.
-    lookup
-        .iter()
-        .next()
-        .ok_or_else(|| dns(format!("`{host}` has no A or AAAA records")))
 }
 
 /// hyper's errors wrap the io error that explains them; show both.

@@ -9,7 +9,12 @@
 //!
 //! Adding a kind is one file here plus one arm in [`Action`] and [`run`].
 
+pub mod dns;
 pub mod http;
+pub mod redis;
+pub mod sql;
+pub mod tcp;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,18 +22,28 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::journey::Vars;
-use crate::report::{Call, CallDetail, ErrorKind, Phase, SpanId, TraceId};
+use crate::report::{Call, CallDetail, ErrorKind, Phase, PhaseTimings, SpanId, TraceId};
 
 /// What a step does.
 #[derive(Debug)]
 pub enum Action {
     Http(http::HttpRequest),
+    Sql(sql::SqlCheck),
+    Redis(redis::RedisCheck),
+    Tcp(tcp::TcpCheck),
+    Dns(dns::DnsQuery),
+    Tls(tls::TlsCheck),
 }
 
 impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Http(_) => "http",
+            Action::Sql(_) => "sql",
+            Action::Redis(_) => "redis",
+            Action::Tcp(_) => "tcp",
+            Action::Dns(_) => "dns",
+            Action::Tls(_) => "tls",
         }
     }
 }
@@ -37,6 +52,50 @@ impl Action {
 #[derive(Debug)]
 pub enum Observation {
     Http(http::HttpResponse),
+    Sql(sql::SqlResult),
+    Redis(redis::RedisResult),
+    Tcp(tcp::TcpResult),
+    Dns(dns::DnsResult),
+    Tls(tls::TlsResult),
+}
+
+impl Observation {
+    /// Time from the step's first byte on the wire to its last.
+    pub fn elapsed(&self) -> std::time::Duration {
+        match self {
+            Observation::Http(r) => r.elapsed,
+            Observation::Sql(r) => r.elapsed,
+            Observation::Redis(r) => r.elapsed,
+            Observation::Tcp(r) => r.elapsed,
+            Observation::Dns(r) => r.elapsed,
+            Observation::Tls(r) => r.elapsed,
+        }
+    }
+
+    /// The observation as a JSON document for JSONPath expectations and
+    /// extractions: the HTTP body parsed, SQL rows as objects, the Redis
+    /// reply, DNS sections, the TLS handshake's figures.
+    pub fn document(&self) -> Result<serde_json::Value, String> {
+        match self {
+            Observation::Http(r) => serde_json::from_slice(&r.body)
+                .map_err(|e| format!("response body is not JSON ({e})")),
+            Observation::Sql(r) => Ok(r.document()),
+            Observation::Redis(r) => Ok(r.reply.clone()),
+            Observation::Dns(r) => Ok(r.document()),
+            Observation::Tls(r) => Ok(r.document()),
+            Observation::Tcp(r) => serde_json::from_slice(&r.received)
+                .map_err(|e| format!("received data is not JSON ({e})")),
+        }
+    }
+
+    /// The bytes a body expectation looks at.
+    pub fn text(&self) -> Option<&[u8]> {
+        match self {
+            Observation::Http(r) => Some(&r.body),
+            Observation::Tcp(r) => Some(&r.received),
+            _ => None,
+        }
+    }
 }
 
 /// A probe failure before anything could be judged. `kind` becomes `error.type`.
@@ -89,6 +148,9 @@ impl ProbeEnv {
 pub struct Ctx<'a> {
     pub env: &'a ProbeEnv,
     pub trace_id: TraceId,
+    /// The step's deadline. The runner enforces it around the probe; a probe
+    /// passes it on to servers that can enforce it too (SQL statement timeouts).
+    pub deadline: Instant,
     pub vars: &'a Vars,
     pub cookies: &'a mut cookie_store::CookieStore,
     pub rec: &'a mut Recorder,
@@ -98,6 +160,11 @@ pub struct Ctx<'a> {
 pub async fn run(action: &Action, ctx: Ctx<'_>) -> Result<Observation, ProbeError> {
     match action {
         Action::Http(req) => http::run(req, ctx).await.map(Observation::Http),
+        Action::Sql(c) => sql::run(c, ctx).await.map(Observation::Sql),
+        Action::Redis(c) => redis::run(c, ctx).await.map(Observation::Redis),
+        Action::Tcp(c) => tcp::run(c, ctx).await.map(Observation::Tcp),
+        Action::Dns(q) => dns::run(q, ctx).await.map(Observation::Dns),
+        Action::Tls(c) => tls::run(c, ctx).await.map(Observation::Tls),
     }
 }
 
@@ -116,6 +183,7 @@ struct OpenCall {
     started_at: SystemTime,
     start: Instant,
     phase_start: Instant,
+    phases: PhaseTimings,
     detail: CallDetail,
 }
 
@@ -129,6 +197,7 @@ impl Recorder {
             started_at: SystemTime::now(),
             start: now,
             phase_start: now,
+            phases: PhaseTimings::default(),
             detail,
         });
         self.phase = None;
@@ -144,8 +213,7 @@ impl Recorder {
     fn close_phase(&mut self) {
         let now = Instant::now();
         if let (Some(open), Some(prev)) = (self.open.as_mut(), self.phase) {
-            let CallDetail::Http(h) = &mut open.detail;
-            h.phases.set(prev, now - open.phase_start);
+            open.phases.set(prev, now - open.phase_start);
             open.phase_start = now;
         } else if let Some(open) = self.open.as_mut() {
             open.phase_start = now;
@@ -166,6 +234,7 @@ impl Recorder {
                 started_at: open.started_at,
                 duration: open.start.elapsed(),
                 error_type,
+                phases: open.phases,
                 detail: open.detail,
             });
         }
@@ -181,6 +250,31 @@ impl Recorder {
     pub fn total_phase_time(&self) -> Duration {
         self.calls.iter().map(|c| c.duration).sum()
     }
+}
+
+/// The address to connect to: a literal as is, a name through the resolver
+/// (recording the resolve phase). IPv4 first, then IPv6, as the resolver
+/// orders them; only the first is tried.
+pub async fn resolve_host(
+    env: &ProbeEnv,
+    rec: &mut Recorder,
+    host: &str,
+) -> Result<std::net::IpAddr, ProbeError> {
+    let host = host.trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(ip);
+    }
+    rec.enter(Phase::Resolve);
+    let dns = |m: String| ProbeError::new(ErrorKind::Dns, Some(Phase::Resolve), m);
+    let lookup = env
+        .resolver
+        .lookup_ip(host)
+        .await
+        .map_err(|e| dns(format!("cannot resolve `{host}`: {e}")))?;
+    lookup
+        .iter()
+        .next()
+        .ok_or_else(|| dns(format!("`{host}` has no A or AAAA records")))
 }
 
 /// Shared TLS client configurations, built once.

@@ -89,21 +89,36 @@ impl Telemetry {
                     ),
                 );
                 for call in &step.calls {
-                    let CallDetail::Http(h) = &call.detail;
-                    let mut a = attrs.clone();
-                    a.push(KeyValue::new(names::HTTP_METHOD, h.method.clone()));
-                    a.push(KeyValue::new(
-                        names::SERVER_ADDRESS,
-                        h.server_address.clone(),
-                    ));
-                    a.push(KeyValue::new(names::SERVER_PORT, i64::from(h.server_port)));
-                    if let Some(s) = h.status {
-                        a.push(KeyValue::new(names::HTTP_STATUS, i64::from(s)));
+                    let secs = call.duration.as_secs_f64();
+                    match &call.detail {
+                        CallDetail::Http(h) => {
+                            let mut a = attrs.clone();
+                            a.push(KeyValue::new(names::HTTP_METHOD, h.method.clone()));
+                            a.push(KeyValue::new(
+                                names::SERVER_ADDRESS,
+                                h.server_address.clone(),
+                            ));
+                            a.push(KeyValue::new(names::SERVER_PORT, i64::from(h.server_port)));
+                            if let Some(s) = h.status {
+                                a.push(KeyValue::new(names::HTTP_STATUS, i64::from(s)));
+                            }
+                            i.http_duration
+                                .record(secs, &with_error(a, call.error_type.clone()));
+                        }
+                        CallDetail::Db(d) => {
+                            let mut a = attrs.clone();
+                            a.push(KeyValue::new(names::DB_SYSTEM, d.system));
+                            a.push(KeyValue::new(names::DB_OPERATION, d.operation.clone()));
+                            a.push(KeyValue::new(
+                                names::SERVER_ADDRESS,
+                                d.server_address.clone(),
+                            ));
+                            a.push(KeyValue::new(names::SERVER_PORT, i64::from(d.server_port)));
+                            i.db_duration
+                                .record(secs, &with_error(a, call.error_type.clone()));
+                        }
+                        CallDetail::Dns(_) | CallDetail::Tcp(_) | CallDetail::Tls(_) => {}
                     }
-                    i.http_duration.record(
-                        call.duration.as_secs_f64(),
-                        &with_error(a, call.error_type.clone()),
-                    );
                 }
             }
             if let Some(l) = r.lateness {

@@ -130,6 +130,7 @@ pub struct Instruments {
     pub journey_duration: Histogram<f64>,
     pub step_duration: Histogram<f64>,
     pub http_duration: Histogram<f64>,
+    pub db_duration: Histogram<f64>,
     pub lateness: Histogram<f64>,
     pub skipped: Counter<u64>,
     pub dropped: Counter<u64>,
@@ -256,6 +257,11 @@ impl Otlp {
                 http_duration: hist(
                     names::HTTP_CLIENT_DURATION,
                     "Duration of HTTP client requests.",
+                    names::HTTP_BUCKETS,
+                ),
+                db_duration: hist(
+                    names::DB_CLIENT_DURATION,
+                    "Duration of database client operations.",
                     names::HTTP_BUCKETS,
                 ),
                 lateness: hist(

@@ -45,6 +45,13 @@ pub struct Prom {
     journey_duration: Family<Labels, ExHistogram, Buckets>,
     step_duration: Family<Labels, ExHistogram, Buckets>,
     http_duration: Family<Labels, ExHistogram, Buckets>,
+    db_duration: Family<Labels, ExHistogram, Buckets>,
+    probe_ssl_expiry: Family<Labels, FGauge>,
+    probe_tls_version: Family<Labels, Gauge>,
+    probe_dns_lookup: Family<Labels, FGauge>,
+    probe_dns_answers: Family<Labels, Gauge>,
+    probe_dns_authorities: Family<Labels, Gauge>,
+    probe_dns_additionals: Family<Labels, Gauge>,
     skipped: Family<Labels, Counter>,
     lateness: Histogram,
     dropped: Family<Labels, Counter>,
@@ -62,6 +69,12 @@ enum Series {
     HttpStatus,
     HttpSsl,
     HttpRedirects,
+    SslExpiry,
+    TlsVersion,
+    DnsLookup,
+    DnsAnswers,
+    DnsAuthorities,
+    DnsAdditionals,
 }
 
 fn journey_labels(r: &JourneyReport) -> Labels {
@@ -133,6 +146,49 @@ impl Prom {
             Unit::Seconds,
             http_duration.clone(),
         );
+        let db_duration = Family::new_with_constructor(Buckets(names::HTTP_BUCKETS));
+        registry.register_with_unit(
+            "vantage_db_client_operation_duration",
+            "Duration of database operations made by journeys (semconv db.client.operation.duration)",
+            Unit::Seconds,
+            db_duration.clone(),
+        );
+        let probe_ssl_expiry = Family::<Labels, FGauge>::default();
+        registry.register(
+            "probe_ssl_earliest_cert_expiry",
+            "Returns last SSL chain expiry in unixtime (earliest notAfter of the last run's chains)",
+            probe_ssl_expiry.clone(),
+        );
+        let probe_tls_version = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_tls_version_info",
+            "Returns the TLS version used or NaN when unknown",
+            probe_tls_version.clone(),
+        );
+        let probe_dns_lookup = Family::<Labels, FGauge>::default();
+        registry.register(
+            "probe_dns_lookup_time_seconds",
+            "Returns the time taken for the DNS query in seconds",
+            probe_dns_lookup.clone(),
+        );
+        let probe_dns_answers = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_dns_answer_rrs",
+            "Returns number of entries in the answer resource record list",
+            probe_dns_answers.clone(),
+        );
+        let probe_dns_authorities = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_dns_authority_rrs",
+            "Returns number of entries in the authority resource record list",
+            probe_dns_authorities.clone(),
+        );
+        let probe_dns_additionals = Family::<Labels, Gauge>::default();
+        registry.register(
+            "probe_dns_additional_rrs",
+            "Returns number of entries in the additional resource record list",
+            probe_dns_additionals.clone(),
+        );
         let skipped = Family::<Labels, Counter>::default();
         registry.register(
             "vantage_schedule_skipped_ticks",
@@ -183,6 +239,13 @@ impl Prom {
             journey_duration,
             step_duration,
             http_duration,
+            db_duration,
+            probe_ssl_expiry,
+            probe_tls_version,
+            probe_dns_lookup,
+            probe_dns_answers,
+            probe_dns_authorities,
+            probe_dns_additionals,
             skipped,
             lateness,
             dropped,
@@ -222,6 +285,9 @@ impl Prom {
         let mut phases: BTreeMap<Phase, f64> = BTreeMap::new();
         let mut last_status = None;
         let mut last_tls = None;
+        let mut earliest_expiry: Option<i64> = None;
+        let mut tls_version: Option<String> = None;
+        let mut dns: Option<(std::time::Duration, crate::report::DnsCall)> = None;
         let mut http_calls = 0i64;
         let mut http_steps = 0i64;
         for step in &r.steps {
@@ -252,21 +318,78 @@ impl Prom {
                 http_steps += 1;
             }
             for call in &step.calls {
-                let CallDetail::Http(h) = &call.detail;
-                http_calls += 1;
-                for p in Phase::ALL {
-                    *phases.entry(p).or_default() +=
-                        h.phases.get(p).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                let error_type = call.error_type.clone().unwrap_or_default();
+                match &call.detail {
+                    CallDetail::Http(h) => {
+                        http_calls += 1;
+                        for p in Phase::HTTP {
+                            *phases.entry(p).or_default() +=
+                                call.phases.get(p).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                        }
+                        last_status = Some(h.status.unwrap_or(0));
+                        last_tls = Some(h.tls);
+                        if let Some(t) = h.cert_expiry {
+                            earliest_expiry = Some(earliest_expiry.map_or(t, |e: i64| e.min(t)));
+                        }
+                        self.http_duration
+                            .get_or_create(&step_labels(error_type, Some(&h.method)))
+                            .observe(call.duration.as_secs_f64(), exemplar.clone(), None);
+                    }
+                    CallDetail::Db(d) => {
+                        let mut l = step_labels(error_type, None);
+                        l.insert(3, ("db_system".into(), d.system.into()));
+                        l.insert(4, ("operation".into(), d.operation.clone()));
+                        self.db_duration.get_or_create(&l).observe(
+                            call.duration.as_secs_f64(),
+                            exemplar.clone(),
+                            None,
+                        );
+                    }
+                    CallDetail::Tls(t) => {
+                        if let Some(e) = t.earliest_expiry {
+                            earliest_expiry = Some(earliest_expiry.map_or(e, |x: i64| x.min(e)));
+                        }
+                        if let Some(v) = &t.protocol_version {
+                            tls_version = Some(format!("TLS {v}"));
+                        }
+                    }
+                    CallDetail::Dns(d) => dns = Some((call.duration, d.clone())),
+                    CallDetail::Tcp(_) => {}
                 }
-                last_status = Some(h.status.unwrap_or(0));
-                last_tls = Some(h.tls);
-                let labels =
-                    step_labels(call.error_type.clone().unwrap_or_default(), Some(&h.method));
-                self.http_duration.get_or_create(&labels).observe(
-                    call.duration.as_secs_f64(),
-                    exemplar.clone(),
-                    None,
-                );
+            }
+        }
+        if let Some(expiry) = earliest_expiry {
+            self.probe_ssl_expiry
+                .get_or_create(&base)
+                .set(expiry as f64);
+            put(Series::SslExpiry, base.clone());
+        }
+        if let Some(v) = tls_version {
+            let mut l = base.clone();
+            l.push(("version".into(), v));
+            self.probe_tls_version.get_or_create(&l).set(1);
+            put(Series::TlsVersion, l);
+        }
+        if let Some((took, d)) = dns {
+            self.probe_dns_lookup
+                .get_or_create(&base)
+                .set(took.as_secs_f64());
+            put(Series::DnsLookup, base.clone());
+            for (series, family, n) in [
+                (Series::DnsAnswers, &self.probe_dns_answers, d.answers),
+                (
+                    Series::DnsAuthorities,
+                    &self.probe_dns_authorities,
+                    d.authorities,
+                ),
+                (
+                    Series::DnsAdditionals,
+                    &self.probe_dns_additionals,
+                    d.additionals,
+                ),
+            ] {
+                family.get_or_create(&base).set(i64::from(n));
+                put(series, base.clone());
             }
         }
         if let Some(status) = last_status {
@@ -308,6 +431,12 @@ impl Prom {
                 Series::HttpStatus => self.probe_http_status.remove(&labels),
                 Series::HttpSsl => self.probe_http_ssl.remove(&labels),
                 Series::HttpRedirects => self.probe_http_redirects.remove(&labels),
+                Series::SslExpiry => self.probe_ssl_expiry.remove(&labels),
+                Series::TlsVersion => self.probe_tls_version.remove(&labels),
+                Series::DnsLookup => self.probe_dns_lookup.remove(&labels),
+                Series::DnsAnswers => self.probe_dns_answers.remove(&labels),
+                Series::DnsAuthorities => self.probe_dns_authorities.remove(&labels),
+                Series::DnsAdditionals => self.probe_dns_additionals.remove(&labels),
             };
         }
     }

@@ -137,28 +137,12 @@ pub fn spans_for(r: &JourneyReport, scope: &InstrumentationScope) -> Vec<SpanDat
             scope,
         ));
         for call in &step.calls {
-            let CallDetail::Http(h) = &call.detail;
-            let mut attrs = vec![
-                KeyValue::new(HTTP_METHOD, h.method.clone()),
-                KeyValue::new(URL_FULL, h.url.clone()),
-                KeyValue::new(SERVER_ADDRESS, h.server_address.clone()),
-                KeyValue::new(SERVER_PORT, i64::from(h.server_port)),
-                KeyValue::new(SYNTHETIC_TYPE, "test"),
-            ];
-            if let Some(s) = h.status {
-                attrs.push(KeyValue::new(HTTP_STATUS, i64::from(s)));
-            }
-            if let Some(peer) = h.peer {
-                attrs.push(KeyValue::new(NETWORK_PEER_ADDRESS, peer.ip().to_string()));
-                attrs.push(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
-            }
-            if let Some(v) = h.protocol_version {
-                attrs.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
-            }
+            let (name, mut attrs) = call_attributes(&call.detail);
+            attrs.push(KeyValue::new(SYNTHETIC_TYPE, "test"));
             for p in Phase::ALL {
-                if let Some(d) = h.phases.get(p) {
+                if let Some(d) = call.phases.get(p) {
                     attrs.push(KeyValue::new(
-                        format!("{ATTR_HTTP_PHASE_PREFIX}{}", p.as_str()),
+                        format!("{ATTR_PHASE_PREFIX}{}", p.as_str()),
                         d.as_secs_f64(),
                     ));
                 }
@@ -177,7 +161,7 @@ pub fn spans_for(r: &JourneyReport, scope: &InstrumentationScope) -> Vec<SpanDat
                 call.span_id.0,
                 step.span_id.0,
                 SpanKind::Client,
-                h.method.clone(),
+                name,
                 call.started_at,
                 call.started_at + call.duration,
                 attrs,
@@ -187,4 +171,107 @@ pub fn spans_for(r: &JourneyReport, scope: &InstrumentationScope) -> Vec<SpanDat
         }
     }
     out
+}
+
+/// The span name and protocol attributes of one call, by semantic conventions.
+fn call_attributes(detail: &CallDetail) -> (String, Vec<KeyValue>) {
+    let peer = |attrs: &mut Vec<KeyValue>, peer: Option<std::net::SocketAddr>| {
+        if let Some(peer) = peer {
+            attrs.push(KeyValue::new(NETWORK_PEER_ADDRESS, peer.ip().to_string()));
+            attrs.push(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
+        }
+    };
+    match detail {
+        CallDetail::Http(h) => {
+            let mut attrs = vec![
+                KeyValue::new(HTTP_METHOD, h.method.clone()),
+                KeyValue::new(URL_FULL, h.url.clone()),
+                KeyValue::new(SERVER_ADDRESS, h.server_address.clone()),
+                KeyValue::new(SERVER_PORT, i64::from(h.server_port)),
+            ];
+            if let Some(s) = h.status {
+                attrs.push(KeyValue::new(HTTP_STATUS, i64::from(s)));
+            }
+            peer(&mut attrs, h.peer);
+            if let Some(v) = h.protocol_version {
+                attrs.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
+            }
+            if let Some(t) = h.cert_expiry.and_then(iso8601) {
+                attrs.push(KeyValue::new(TLS_NOT_AFTER, t));
+            }
+            (h.method.clone(), attrs)
+        }
+        CallDetail::Db(d) => {
+            let mut attrs = vec![
+                KeyValue::new(DB_SYSTEM, d.system),
+                KeyValue::new(DB_OPERATION, d.operation.clone()),
+                KeyValue::new(SERVER_ADDRESS, d.server_address.clone()),
+                KeyValue::new(SERVER_PORT, i64::from(d.server_port)),
+            ];
+            if let Some(q) = &d.query_text {
+                attrs.push(KeyValue::new(DB_QUERY_TEXT, q.clone()));
+            }
+            if let Some(n) = &d.namespace {
+                attrs.push(KeyValue::new(DB_NAMESPACE, n.clone()));
+            }
+            if let Some(c) = &d.response_status {
+                attrs.push(KeyValue::new(DB_STATUS, c.clone()));
+            }
+            if let Some(n) = d.rows {
+                attrs.push(KeyValue::new(DB_ROWS, n as i64));
+            }
+            let name = match &d.namespace {
+                Some(ns) if d.system != "redis" => format!("{} {ns}", d.operation),
+                _ => d.operation.clone(),
+            };
+            (name, attrs)
+        }
+        CallDetail::Dns(d) => {
+            let mut attrs = vec![
+                KeyValue::new(DNS_QUESTION, d.question.clone()),
+                KeyValue::new(ATTR_DNS_TYPE, d.record_type.clone()),
+                KeyValue::new(SERVER_ADDRESS, d.server.ip().to_string()),
+                KeyValue::new(SERVER_PORT, i64::from(d.server.port())),
+                KeyValue::new(NETWORK_TRANSPORT, d.transport),
+                KeyValue::new(ATTR_DNS_ANSWERS, i64::from(d.answers)),
+            ];
+            if let Some(rc) = &d.rcode {
+                attrs.push(KeyValue::new(ATTR_DNS_RCODE, rc.clone()));
+            }
+            (format!("DNS {} {}", d.record_type, d.question), attrs)
+        }
+        CallDetail::Tcp(t) => {
+            let mut attrs = vec![
+                KeyValue::new(SERVER_ADDRESS, t.server_address.clone()),
+                KeyValue::new(SERVER_PORT, i64::from(t.server_port)),
+                KeyValue::new(NETWORK_TRANSPORT, "tcp"),
+            ];
+            peer(&mut attrs, t.peer);
+            ("TCP".to_string(), attrs)
+        }
+        CallDetail::Tls(t) => {
+            let mut attrs = vec![
+                KeyValue::new(SERVER_ADDRESS, t.server_address.clone()),
+                KeyValue::new(SERVER_PORT, i64::from(t.server_port)),
+            ];
+            peer(&mut attrs, t.peer);
+            if let Some(v) = &t.protocol_version {
+                attrs.push(KeyValue::new(TLS_PROTOCOL_VERSION, v.clone()));
+            }
+            if let Some(c) = &t.cipher {
+                attrs.push(KeyValue::new(TLS_CIPHER, c.clone()));
+            }
+            if let Some(ts) = t.earliest_expiry.and_then(iso8601) {
+                attrs.push(KeyValue::new(TLS_NOT_AFTER, ts));
+            }
+            if let Some(v) = t.verified {
+                attrs.push(KeyValue::new(ATTR_TLS_VERIFIED, v));
+            }
+            ("TLS handshake".to_string(), attrs)
+        }
+    }
+}
+
+fn iso8601(unix: i64) -> Option<String> {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(unix, 0).map(|t| t.to_rfc3339())
 }

@@ -15,14 +15,14 @@ use regex::Regex;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use super::assert::{Expectation, Extraction, Matcher, Op, StatusMatch};
-use super::template::{Redactor, ResolveError, Scope, Template, resolve};
-use super::{CronSchedule, Journey, Schedule, Step};
 use crate::config::{
     self, ConfigError, ExpectConfig, HttpConfig, JourneyConfig, LoadedFile, Loc, SourceFile,
     StatusConfig, StatusItem,
 };
-use crate::probes::Action;
+use crate::journey::assert::{Expectation, Extraction, Field, Matcher, Op, StatusMatch};
+use crate::journey::template::{Redactor, ResolveError, Scope, Template, resolve};
+use crate::journey::{CronSchedule, Journey, Schedule, Step};
+mod kinds;
 use crate::probes::http::{
     BodyTemplate, DEFAULT_MAX_BODY, DEFAULT_MAX_REDIRECTS, HttpRequest, JsonTemplate, UrlTemplate,
     parse_http_url, tls_config,
@@ -225,7 +225,7 @@ impl Cx<'_> {
         let none = BTreeSet::new();
         for (k, v) in &cfg.vars {
             let path = format!("vars.{k}");
-            if !super::template::is_var_name(k) {
+            if !crate::journey::template::is_var_name(k) {
                 self.err(v, &path, format!("invalid variable name `{k}`"));
                 continue;
             }
@@ -339,31 +339,83 @@ impl Cx<'_> {
             .timeout
             .as_ref()
             .and_then(|t| self.duration(t, &format!("{path}.timeout")));
-        let action = match &s.http {
-            Some(h) => self
-                .http(h, &format!("{path}.http"), statics, extracted)
-                .map(Action::Http),
-            None => {
+        let given: Vec<&str> = [
+            ("http", s.http.is_some()),
+            ("sql", s.sql.is_some()),
+            ("redis", s.redis.is_some()),
+            ("tcp", s.tcp.is_some()),
+            ("dns", s.dns.is_some()),
+            ("tls", s.tls.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        let action = match given.as_slice() {
+            [] => {
                 self.err(
                     &s.name,
                     path,
-                    "a step needs exactly one action; the available kind is `http`",
+                    "a step needs exactly one action: http, sql, redis, tcp, dns or tls",
+                );
+                None
+            }
+            [_] => self.action(s, path, statics, extracted),
+            many => {
+                self.err(
+                    &s.name,
+                    path,
+                    format!(
+                        "a step has exactly one action; this one has {}",
+                        many.join(" and ")
+                    ),
                 );
                 None
             }
         };
-        let expect = match &s.expect {
+        let kind = given.first().copied().unwrap_or("http");
+        let mut expect = match &s.expect {
             Some(e) => self.expect(e, &format!("{path}.expect"), statics, extracted),
             None => Vec::new(),
         };
-        let mut expect = expect;
-        if !expect.iter().any(|e| matches!(e, Expectation::Status(_))) {
+        for e in &expect {
+            if !e.applies_to(kind) {
+                self.err(
+                    &s.name,
+                    &format!("{path}.expect.{}", e.key()),
+                    format!("`{}` does not apply to a {kind} step", e.key()),
+                );
+            }
+        }
+        // Defaults an SRE expects: HTTP 2xx, DNS NOERROR.
+        if kind == "http" && !expect.iter().any(|e| matches!(e, Expectation::Status(_))) {
             expect.insert(0, Expectation::Status(vec![StatusMatch::Class(2)]));
+        }
+        if kind == "dns"
+            && !expect.iter().any(|e| {
+                matches!(
+                    e,
+                    Expectation::Field {
+                        field: Field::Rcode,
+                        ..
+                    }
+                )
+            })
+        {
+            expect.insert(
+                0,
+                Expectation::Field {
+                    field: Field::Rcode,
+                    matcher: Matcher {
+                        ops: vec![Op::Equals(Value::String("NOERROR".into()))],
+                    },
+                },
+            );
         }
         let mut extract = Vec::new();
         for (name, ex) in &s.extract {
             let p = format!("{path}.extract.{name}");
-            if !super::template::is_var_name(name) {
+            if !crate::journey::template::is_var_name(name) {
                 self.err(ex, &p, format!("invalid variable name `{name}`"));
                 continue;
             }
@@ -376,7 +428,20 @@ impl Cx<'_> {
                 continue;
             }
             if let Some(x) = self.extraction(ex, &p) {
-                extract.push((name.clone(), x));
+                let applies = match &x {
+                    Extraction::Json { .. } => true,
+                    Extraction::Regex(_) => matches!(kind, "http" | "tcp"),
+                    Extraction::Header(_) | Extraction::Cookie(_) => kind == "http",
+                };
+                if applies {
+                    extract.push((name.clone(), x));
+                } else {
+                    self.err(
+                        ex,
+                        &p,
+                        format!("this extraction does not apply to a {kind} step"),
+                    );
+                }
             }
         }
         // Later steps may use what this one extracts.
@@ -694,6 +759,20 @@ impl Cx<'_> {
             && let Some(d) = self.duration(l, &format!("{path}.latency_below"))
         {
             out.push(Expectation::LatencyBelow(d));
+        }
+        for (field, m) in [
+            (Field::Scalar, &e.scalar),
+            (Field::Rows, &e.rows),
+            (Field::Rcode, &e.rcode),
+            (Field::Answers, &e.answers),
+            (Field::CertDaysLeft, &e.cert_days_left),
+            (Field::TlsVersion, &e.tls_version),
+        ] {
+            if let Some(m) = m
+                && let Some(matcher) = self.matcher(m, &format!("{path}.{}", field.key()))
+            {
+                out.push(Expectation::Field { field, matcher });
+            }
         }
         out
     }
