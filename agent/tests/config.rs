@@ -112,7 +112,47 @@ fn invalid_fixtures_report_their_exact_errors() {
         ("invalid-missing-name.yaml", r#"1:1: missing field `name`"#),
         (
             "invalid-no-action.yaml",
-            r#"3:11: steps[0]: a step needs exactly one action; the available kind is `http`"#,
+            r#"3:11: steps[0]: a step needs exactly one action: http, sql, redis, tcp, dns or tls"#,
+        ),
+        (
+            "invalid-two-actions.yaml",
+            r#"3:11: steps[0]: a step has exactly one action; this one has http and tcp"#,
+        ),
+        (
+            "invalid-expect-kind.yaml",
+            r#"3:11: steps[0].expect.status: `status` does not apply to a redis step"#,
+        ),
+        (
+            "invalid-expect-kind.yaml",
+            r#"3:11: steps[0].expect.rows: `rows` does not apply to a redis step"#,
+        ),
+        (
+            "invalid-sql-splice.yaml",
+            r#"5:71: steps[0].sql.query: put values in `params` (bound, never spliced into the SQL), not `${...}` in the query"#,
+        ),
+        (
+            "invalid-sql-driver.yaml",
+            r#"4:20: steps[0].sql.driver: unknown driver `oracle` (use postgres or mysql)"#,
+        ),
+        (
+            "invalid-sql-dsn.yaml",
+            r#"2:14: vars.dsn: environment variable `VANTAGE_TEST_DSN` is not set"#,
+        ),
+        (
+            "invalid-sql-dsn.yaml",
+            r#"5:35: steps[0].sql.dsn: invalid PostgreSQL DSN: error with configuration: invalid port number"#,
+        ),
+        (
+            "invalid-sql-dsn.yaml",
+            r#"5:90: steps[0].sql.rollback: `write` commits and `rollback` undoes: choose one"#,
+        ),
+        (
+            "invalid-dns-type.yaml",
+            r#"4:37: steps[0].dns.type: unknown record type `AAAAA`"#,
+        ),
+        (
+            "invalid-dns-type.yaml",
+            r#"4:79: steps[0].dns.transport: unknown transport `quic` (use udp or tcp)"#,
         ),
         (
             "invalid-no-steps.yaml",
