@@ -1,13 +1,17 @@
 //! Vantage's demo target: a small backend that imitates the JSON API of Movie Guru (the
 //! SRE-workshop app) closely enough that the same journeys run against both, with the
 //! workshop's fault injection (`/phase`), Movie-Guru-named counters (`/metrics`) and a
-//! record of the last trace headers (`/debug/last-request`).
+//! record of the last trace headers (`/debug/last-request`); and a single-page frontend
+//! ([`frontend`]) whose page calls one fixed backend URL from the browser.
 //!
-//! Other crates start it in-process with [`DemoServer::start`], or mount [`router`]
-//! themselves. This crate holds no probe logic and talks to nothing outside itself.
+//! Other crates start them in-process with [`DemoServer::start`] and [`start_frontend`],
+//! or mount [`router`] and [`frontend::router`] themselves. This crate holds no probe
+//! logic and its servers talk to nothing outside themselves (the frontend's page, running
+//! in a browser, is what calls the backend).
 
 pub mod backend;
 pub mod cors;
+pub mod frontend;
 pub mod metrics;
 pub mod movies;
 pub mod phase;
@@ -16,11 +20,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use backend::{AppState, router};
+pub use frontend::{FrontendConfig, FrontendConfigError, FrontendState};
 pub use phase::Phase;
 
 /// Serves the backend on `listener` until `shutdown` completes, then lets in-flight
@@ -38,10 +44,8 @@ pub async fn serve(
 /// A demo backend running on a spawned task. Dropping it aborts the task, so a test that
 /// panics never leaks a server; [`DemoServer::shutdown`] stops it gracefully.
 pub struct DemoServer {
-    addr: SocketAddr,
+    running: Running,
     state: AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl DemoServer {
@@ -54,28 +58,18 @@ impl DemoServer {
     /// Starts serving `state` on an already bound listener. Must be called inside a
     /// Tokio runtime.
     pub fn from_listener(listener: TcpListener, state: AppState) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state.clone(), async move {
-            // A dropped sender also means stop.
-            let _ = stopped.await;
-        }));
-        Ok(DemoServer {
-            addr,
-            state,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let running = Running::spawn(listener, router(state.clone()))?;
+        Ok(DemoServer { running, state })
     }
 
     /// The bound address, with the real port when 0 was asked for.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr
     }
 
     /// `http://ADDR`, without a trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.running.addr)
     }
 
     /// The live state: change the phase or read counters without going through HTTP.
@@ -84,7 +78,98 @@ impl DemoServer {
     }
 
     /// Stops accepting connections and waits for in-flight requests to finish.
-    pub async fn shutdown(mut self) -> io::Result<()> {
+    pub async fn shutdown(self) -> io::Result<()> {
+        self.running.shutdown().await
+    }
+}
+
+/// Binds `listen` and serves a demo frontend whose page calls `backend_url`, tagged with
+/// the replica `name`. A URL or name that [`FrontendConfig::new`] refuses is an
+/// [`io::ErrorKind::InvalidInput`] error, reported before anything is bound.
+pub async fn start_frontend(
+    listen: SocketAddr,
+    backend_url: &str,
+    name: &str,
+) -> io::Result<FrontendServer> {
+    let config = FrontendConfig::new(backend_url, name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    FrontendServer::start(listen, config).await
+}
+
+/// A demo frontend replica running on a spawned task, with the same lifecycle as
+/// [`DemoServer`]: dropping it aborts the task, [`FrontendServer::shutdown`] is graceful.
+pub struct FrontendServer {
+    running: Running,
+    config: FrontendConfig,
+}
+
+impl FrontendServer {
+    /// Binds `listen` (port 0 picks a free port) and starts serving the page.
+    pub async fn start(listen: SocketAddr, config: FrontendConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        Self::from_listener(listener, config)
+    }
+
+    /// Starts serving on an already bound listener. Must be called inside a Tokio runtime.
+    pub fn from_listener(listener: TcpListener, config: FrontendConfig) -> io::Result<Self> {
+        let app = frontend::router(FrontendState::new(config.clone()));
+        let running = Running::spawn(listener, app)?;
+        Ok(FrontendServer { running, config })
+    }
+
+    /// The bound address, with the real port when 0 was asked for.
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+
+    /// `http://ADDR`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.running.addr)
+    }
+
+    /// The backend URL written into the page.
+    pub fn backend_url(&self) -> &str {
+        self.config.backend_url.as_str()
+    }
+
+    /// The name sent in every response's `x-replica` header.
+    pub fn name(&self) -> &str {
+        self.config.name.as_str()
+    }
+
+    /// Stops accepting connections and waits for in-flight requests to finish.
+    pub async fn shutdown(self) -> io::Result<()> {
+        self.running.shutdown().await
+    }
+}
+
+/// One router served on a spawned task until stopped; the lifecycle both servers share.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Running {
+    fn spawn(listener: TcpListener, app: Router) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // A dropped sender also means stop.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Running {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    async fn shutdown(mut self) -> io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -95,7 +180,7 @@ impl DemoServer {
     }
 }
 
-impl Drop for DemoServer {
+impl Drop for Running {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

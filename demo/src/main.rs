@@ -1,29 +1,66 @@
-//! The `vantage-demo` command line: parses flags, sets up logging to stderr, starts the
-//! backend, prints the one "listening" line tests wait for, and stops on SIGINT/SIGTERM.
-//! It holds no server logic; a demo frontend will be one more flag (and one more
-//! `DemoServer`-like component) here, not a rewrite.
+//! The `vantage-demo` command line: `backend` (the default, so a bare `vantage-demo
+//! [--listen ADDR]` still starts it) or `frontend --backend URL`. It parses flags, sets up
+//! logging to stderr, starts one server, prints the one "listening" line tests and scripts
+//! wait for, and stops on SIGINT/SIGTERM. It holds no server logic.
 
+use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
-use vantage_demo::DemoServer;
+use vantage_demo::frontend::{BackendUrl, DEFAULT_REPLICA_NAME, ReplicaName};
+use vantage_demo::{DemoServer, FrontendConfig, FrontendServer};
 
 /// How long in-flight requests (possibly sleeping an injected latency) may run after a
 /// shutdown signal before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A Movie-Guru-like demo backend with fault injection, for exercising Vantage.
+/// A Movie-Guru-like demo app for exercising Vantage: a JSON backend with fault injection,
+/// and a single-page frontend that calls it from the browser.
+///
+/// Without a subcommand, starts the backend.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the JSON backend API, with fault injection (/phase) and counters (/metrics).
+    Backend(BackendArgs),
+    /// Serve the single-page frontend; its page calls one fixed backend URL from the browser.
+    Frontend(FrontendArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackendArgs {
     /// Address the backend API listens on; port 0 picks a free port.
     #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct FrontendArgs {
+    /// Address the frontend listens on; port 0 picks a free port.
+    #[arg(long, env = "DEMO_FRONTEND_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Base URL of the backend as browsers call it, e.g. http://127.0.0.1:8081.
+    ///
+    /// Written into the page; the frontend server itself never calls it, so a URL that
+    /// browsers cannot reach still gives a healthy-looking frontend.
+    #[arg(long, env = "DEMO_BACKEND_URL", value_name = "URL")]
+    backend: BackendUrl,
+    /// This replica's name, sent in the `x-replica` header of every response.
+    #[arg(long, env = "DEMO_REPLICA_NAME", default_value = DEFAULT_REPLICA_NAME)]
+    name: ReplicaName,
 }
 
 #[tokio::main]
@@ -38,19 +75,57 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let server = DemoServer::start(cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    // Tests and scripts parse this exact line from stdout to learn the real port.
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "demo backend listening on {}", server.base_url())?;
-    stdout.flush()?;
-    drop(stdout);
-    info!(addr = %server.addr(), "demo backend started");
+    match cli.command {
+        None => run_backend(cli.backend).await,
+        Some(Command::Backend(args)) => run_backend(args).await,
+        Some(Command::Frontend(args)) => run_frontend(args).await,
+    }
+}
 
+async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
+    let server = DemoServer::start(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    announce(&format!("demo backend listening on {}", server.base_url()))?;
+    info!(addr = %server.addr(), "demo backend started");
+    serve_until_signal(|| server.shutdown()).await
+}
+
+async fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
+    let config = FrontendConfig {
+        backend_url: args.backend,
+        name: args.name,
+    };
+    let server = FrontendServer::start(args.listen, config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    announce(&format!("demo frontend listening on {}", server.base_url()))?;
+    info!(
+        addr = %server.addr(),
+        backend = %server.backend_url(),
+        replica = %server.name(),
+        "demo frontend started"
+    );
+    serve_until_signal(|| server.shutdown()).await
+}
+
+/// Prints the line tests and scripts parse from stdout to learn the real port.
+fn announce(line: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Waits for a shutdown signal, then runs `shutdown` for at most [`SHUTDOWN_GRACE`].
+async fn serve_until_signal<F, Fut>(shutdown: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = std::io::Result<()>>,
+{
     shutdown_signal().await?;
     info!("shutdown signal received, draining requests");
-    match tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await {
+    match tokio::time::timeout(SHUTDOWN_GRACE, shutdown()).await {
         Ok(result) => result.context("server failed")?,
         Err(_) => warn!(
             grace = ?SHUTDOWN_GRACE,
