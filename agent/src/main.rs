@@ -323,7 +323,7 @@ async fn once(args: OnceArgs) -> anyhow::Result<ExitCode> {
         let (j, env, permits, cancel) = (j.clone(), env.clone(), permits.clone(), cancel.clone());
         set.spawn(async move {
             let _p = permits.acquire_owned().await;
-            (i, runner::run(&j, &env, None, &cancel).await)
+            (i, runner::run_all(&j, &env, None, &cancel).await)
         });
     }
     let mut reports = Vec::with_capacity(total);
@@ -331,12 +331,14 @@ async fn once(args: OnceArgs) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             next = set.join_next() => match next {
-                Some(Ok((i, r))) => {
-                    telemetry.record(&r);
-                    if tty {
-                        eprintln!("{}", vantage::cli::progress_line(&r, reports.len() + 1, total));
+                Some(Ok((i, runs))) => {
+                    for r in runs {
+                        telemetry.record(&r);
+                        if tty {
+                            eprintln!("{}", vantage::cli::progress_line(&r, reports.len() + 1, total));
+                        }
+                        reports.push((i, r));
                     }
-                    reports.push((i, r));
                 }
                 Some(Err(e)) => anyhow::bail!("a journey run panicked: {e}"),
                 None => break,

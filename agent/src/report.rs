@@ -92,6 +92,14 @@ pub enum ErrorKind {
     Auth,
     /// The server rejected the statement or command.
     Query,
+    /// The browser or WebDriver failed (session could not start, driver died).
+    Browser,
+    /// A browser action found no element for its selector.
+    ElementNotFound,
+    /// The page threw a JavaScript error (with `no_js_errors`), or a script failed.
+    JsError,
+    /// A request the page made to its backend failed (with `backend_requests: all_ok`).
+    BackendRequest,
     /// An HTTP status outside the expected set; exported as the code itself.
     Status(u16),
     /// A value could not be extracted into a variable.
@@ -117,6 +125,10 @@ impl ErrorKind {
             ErrorKind::Assertion => Borrowed("assertion"),
             ErrorKind::Auth => Borrowed("auth"),
             ErrorKind::Query => Borrowed("query"),
+            ErrorKind::Browser => Borrowed("browser"),
+            ErrorKind::ElementNotFound => Borrowed("element_not_found"),
+            ErrorKind::JsError => Borrowed("js_error"),
+            ErrorKind::BackendRequest => Borrowed("backend_request"),
             ErrorKind::Status(code) => std::borrow::Cow::Owned(code.to_string()),
             ErrorKind::Extraction => Borrowed("extraction"),
             ErrorKind::InvalidRequest => Borrowed("invalid_request"),
@@ -212,6 +224,12 @@ pub struct StepError {
     pub phase: Option<Phase>,
     /// One or more sentences for a human; already redacted.
     pub message: String,
+    /// A screenshot of the page when a browser step failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<String>,
+    /// The page's URL when a browser step failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
 }
 
 /// The result of one journey run.
@@ -220,6 +238,9 @@ pub struct JourneyReport {
     pub journey: Arc<str>,
     pub location: Arc<str>,
     pub labels: Arc<BTreeMap<String, String>>,
+    /// The replica address of a fanned-out run (`fan_out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub trace_id: TraceId,
     /// The span id of the run's root span.
     pub span_id: SpanId,

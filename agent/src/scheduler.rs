@@ -278,9 +278,10 @@ impl Scheduler {
                 };
                 let lateness = SystemTime::now().duration_since(due).unwrap_or_default();
                 telemetry.record_lateness(lateness);
-                let report = runner::run(&journey, &env, Some(lateness), &cancel).await;
-                log_report(&report);
-                telemetry.record(&report);
+                for report in runner::run_all(&journey, &env, Some(lateness), &cancel).await {
+                    log_report(&report);
+                    telemetry.record(&report);
+                }
             }
             .instrument(span),
         );

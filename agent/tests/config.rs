@@ -112,7 +112,7 @@ fn invalid_fixtures_report_their_exact_errors() {
         ("invalid-missing-name.yaml", r#"1:1: missing field `name`"#),
         (
             "invalid-no-action.yaml",
-            r#"3:11: steps[0]: a step needs exactly one action: http, sql, redis, tcp, dns or tls"#,
+            r#"3:11: steps[0]: a step needs exactly one action: http, browser, sql, redis, tcp, dns or tls"#,
         ),
         (
             "invalid-two-actions.yaml",

@@ -13,8 +13,13 @@ pub fn progress_line(r: &JourneyReport, done: usize, total: usize) -> String {
         Outcome::Passed => "PASS",
         Outcome::Failed => "FAIL",
     };
+    let at = r
+        .address
+        .as_ref()
+        .map(|a| format!(" @ {a}"))
+        .unwrap_or_default();
     format!(
-        "[{done}/{total}] {mark} {} ({})",
+        "[{done}/{total}] {mark} {}{at} ({})",
         r.journey,
         fmt_ms(r.duration)
     )
@@ -39,9 +44,14 @@ pub fn write_summary(out: &mut dyn Write, reports: &[JourneyReport]) -> std::io:
             Outcome::Passed => "✔",
             Outcome::Failed => "✘",
         };
+        let at = r
+            .address
+            .as_ref()
+            .map(|a| format!(" @ {a}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{mark} {}  {}  trace {}",
+            "{mark} {}{at}  {}  trace {}",
             r.journey,
             fmt_ms(r.duration),
             r.trace_id
@@ -64,6 +74,9 @@ pub fn write_summary(out: &mut dyn Write, reports: &[JourneyReport]) -> std::io:
                         e.kind
                     )?;
                     writeln!(out, "      {}", e.message)?;
+                    if let Some(shot) = &e.screenshot {
+                        writeln!(out, "      screenshot: {shot}")?;
+                    }
                 }
                 (StepOutcome::Failed, None) => writeln!(out, "    ✘ {}", s.name)?,
             }

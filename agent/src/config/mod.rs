@@ -77,7 +77,169 @@ pub struct JourneyConfig {
     /// `${env:NAME}` and `${file:PATH}` secret references.
     #[serde(default)]
     pub vars: BTreeMap<String, Loc<String>>,
+    /// `per_address`: run once against every address the first step's host
+    /// resolves to; or `{ host, addresses }` for an explicit list.
+    #[serde(default)]
+    pub fan_out: Option<Loc<FanOutConfig>>,
     pub steps: Vec<StepConfig>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum FanOutConfig {
+    /// `per_address`.
+    Mode(String),
+    Explicit(FanOutExplicit),
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutExplicit {
+    /// The host whose replicas are probed; default: the first step's host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Addresses for hosts DNS cannot enumerate; default: resolve A and AAAA.
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+}
+
+/// One browser action. Elements are located by exactly one of `css`,
+/// `xpath` or `text` (visible text).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BrowserActionConfig {
+    /// Load a URL.
+    Goto(String),
+    /// Type into an input; `submit: true` presses Enter after.
+    Fill(FillConfig),
+    Click(TargetConfig),
+    /// Press keys (`Enter`, `Tab`, `Escape`, text), in an element or the focused one.
+    Press(PressConfig),
+    /// Choose an option of a `<select>` by `value` or `label`.
+    Select(SelectConfig),
+    /// Wait until an element appears (visible by default) or, with `gone`, disappears.
+    WaitFor(WaitConfig),
+    AssertText(AssertTextConfig),
+    AssertAbsent(TargetConfig),
+    AssertUrl(TextMatchConfig),
+    AssertTitle(TextMatchConfig),
+    /// Run JavaScript (a function body that may `return` a value).
+    Script(ScriptConfig),
+    /// Save a screenshot under this name in the artifacts directory.
+    Screenshot(String),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FillConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    pub value: String,
+    #[serde(default)]
+    pub submit: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PressConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Key names joined by `+` are sent in order: `Enter`, `Tab`, `Escape`, ...
+    pub keys: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Default 10s (and never past the step's deadline).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Require the element to be displayed. Default true.
+    #[serde(default)]
+    pub visible: Option<bool>,
+    /// Wait for it to disappear instead.
+    #[serde(default)]
+    pub gone: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssertTextConfig {
+    #[serde(default)]
+    pub css: Option<String>,
+    #[serde(default)]
+    pub xpath: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub matches: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TextMatchConfig {
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub matches: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    pub js: String,
+    /// What the returned value (as text) must satisfy.
+    #[serde(default)]
+    pub expect: Option<TextMatchConfig>,
+    /// Store the returned value (as text) in this variable.
+    #[serde(default)]
+    pub extract: Option<String>,
 }
 
 /// `{ every: 1m }` or `{ cron: "*/5 * * * *" }`.
@@ -116,6 +278,9 @@ pub struct StepConfig {
     pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Actions in a real browser; the run's browser steps share one session.
+    #[serde(default)]
+    pub browser: Option<Vec<Loc<BrowserActionConfig>>>,
     #[serde(default)]
     pub expect: Option<ExpectConfig>,
     /// Variables to set for later steps, by name.
@@ -327,6 +492,16 @@ pub struct ExpectConfig {
     /// TLS: the negotiated version, `1.2` or `1.3`.
     #[serde(default)]
     pub tls_version: Option<Loc<Matcher>>,
+    /// Browser: no element matches this CSS selector after the step.
+    #[serde(default)]
+    pub absent: Option<Loc<String>>,
+    /// Browser: `all_ok` fails the step when any request the page made
+    /// (fetch/XHR) failed or answered 4xx/5xx, naming them.
+    #[serde(default)]
+    pub backend_requests: Option<Loc<String>>,
+    /// Browser: fail when the page threw a JavaScript error or an unhandled rejection.
+    #[serde(default)]
+    pub no_js_errors: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone)]

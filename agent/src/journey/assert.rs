@@ -33,6 +33,12 @@ pub enum Expectation {
         field: Field,
         matcher: Matcher,
     },
+    /// Browser: no element matches this CSS selector.
+    Absent(String),
+    /// Browser: every request the page made succeeded.
+    BackendRequestsOk,
+    /// Browser: the page threw no JavaScript error.
+    NoJsErrors,
 }
 
 /// A named figure of an observation.
@@ -109,6 +115,9 @@ impl Expectation {
             Expectation::Json { .. } => "json",
             Expectation::LatencyBelow(_) => "latency_below",
             Expectation::Field { field, .. } => field.key(),
+            Expectation::Absent(_) => "absent",
+            Expectation::BackendRequestsOk => "backend_requests",
+            Expectation::NoJsErrors => "no_js_errors",
         }
     }
 
@@ -121,6 +130,9 @@ impl Expectation {
             | Expectation::BodyMatches(_) => matches!(kind, "http" | "tcp"),
             Expectation::Json { .. } | Expectation::LatencyBelow(_) => true,
             Expectation::Field { field, .. } => field.kinds().contains(&kind),
+            Expectation::Absent(_) | Expectation::BackendRequestsOk | Expectation::NoJsErrors => {
+                kind == "browser"
+            }
         }
     }
 }
@@ -215,6 +227,59 @@ fn check_one(
     let text = || obs.text().map(String::from_utf8_lossy).unwrap_or_default();
     let hint = || body_hint(obs.text().unwrap_or_default(), r);
     match e {
+        Expectation::Absent(css) => {
+            let Observation::Browser(b) = obs else {
+                return Err(fail("absent: not a browser step".into()));
+            };
+            match b.present.iter().find(|(c, _)| c == css) {
+                None => Ok(()),
+                Some((_, text)) => Err(fail(format!(
+                    "`{css}` is present: {}",
+                    quote(text.trim(), r)
+                ))),
+            }
+        }
+        Expectation::BackendRequestsOk => {
+            let Observation::Browser(b) = obs else {
+                return Err(fail("backend_requests: not a browser step".into()));
+            };
+            let failed: Vec<String> = b
+                .requests
+                .iter()
+                .filter(|q| q.failed())
+                .map(|q| r.redact(&q.describe()))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure {
+                    kind: ErrorKind::BackendRequest,
+                    message: format!(
+                        "{} of {} backend request(s) failed: {}",
+                        failed.len(),
+                        b.requests.len(),
+                        failed.join("; ")
+                    ),
+                })
+            }
+        }
+        Expectation::NoJsErrors => {
+            let Observation::Browser(b) = obs else {
+                return Err(fail("no_js_errors: not a browser step".into()));
+            };
+            if b.js_errors.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure {
+                    kind: ErrorKind::JsError,
+                    message: format!(
+                        "the page threw {} JavaScript error(s): {}",
+                        b.js_errors.len(),
+                        r.redact(&b.js_errors.join("; "))
+                    ),
+                })
+            }
+        }
         Expectation::Field { field, matcher } => {
             let v = field
                 .value(obs)

@@ -31,6 +31,18 @@ pub struct Journey {
     pub labels: Arc<BTreeMap<String, String>>,
     pub steps: Vec<Step>,
     pub redactor: Redactor,
+    /// Run once per replica address of a host (`fan_out`).
+    pub fan_out: Option<FanOut>,
+}
+
+/// Per-replica fan-out: the journey runs once against every address of
+/// `host`, keeping the name for HTTP `Host`, TLS SNI and the browser.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    pub host: String,
+    /// Fixed addresses, for hosts DNS cannot enumerate; `None` resolves A
+    /// and AAAA on every run, so new replicas appear by themselves.
+    pub addresses: Option<Vec<std::net::IpAddr>>,
 }
 
 #[derive(Clone, Debug)]

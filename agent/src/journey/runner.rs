@@ -36,6 +36,108 @@ pub async fn run(
     lateness: Option<Duration>,
     cancel: &CancellationToken,
 ) -> JourneyReport {
+    run_pinned(journey, env, lateness, cancel, None).await
+}
+
+/// Runs `journey` once, or once per replica address when it fans out: one
+/// report each, labelled with the address. The same address is the same
+/// replica on every run, never a random pick.
+pub async fn run_all(
+    journey: &Journey,
+    env: &RunEnv,
+    lateness: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Vec<JourneyReport> {
+    let Some(fan) = &journey.fan_out else {
+        return vec![run(journey, env, lateness, cancel).await];
+    };
+    let addresses = match &fan.addresses {
+        Some(a) => Ok(a.clone()),
+        None => resolve_all(&env.probes, &fan.host).await,
+    };
+    match addresses {
+        Ok(list) => {
+            let runs = list.into_iter().map(|ip| {
+                let pin = Some((fan.host.clone(), ip));
+                async move { run_pinned(journey, env, lateness, cancel, pin).await }
+            });
+            futures_util::future::join_all(runs).await
+        }
+        Err(message) => vec![unresolved(journey, env, lateness, message)],
+    }
+}
+
+/// Every A and AAAA record of `host`, sorted so replicas keep their order.
+async fn resolve_all(env: &ProbeEnv, host: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    let (v4, v6) = tokio::join!(
+        env.resolver.ipv4_lookup(host),
+        env.resolver.ipv6_lookup(host)
+    );
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for lookup in [v4.as_ref().ok(), v6.as_ref().ok()].into_iter().flatten() {
+        for r in lookup.answers() {
+            match &r.data {
+                hickory_proto::rr::RData::A(a) => ips.push(std::net::IpAddr::V4(a.0)),
+                hickory_proto::rr::RData::AAAA(a) => ips.push(std::net::IpAddr::V6(a.0)),
+                _ => {}
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        let why = v4
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no A or AAAA records".into());
+        return Err(format!(
+            "fan-out host `{host}` resolves to no address: {why}"
+        ));
+    }
+    Ok(ips)
+}
+
+/// The report of a fanned-out run whose host did not resolve at all.
+fn unresolved(
+    journey: &Journey,
+    env: &RunEnv,
+    lateness: Option<Duration>,
+    message: String,
+) -> JourneyReport {
+    let mut steps: Vec<StepReport> = journey.steps.iter().map(skipped).collect();
+    if let Some(first) = steps.first_mut() {
+        first.outcome = StepOutcome::Failed;
+        first.error = Some(StepError {
+            kind: ErrorKind::Dns,
+            phase: Some(crate::report::Phase::Resolve),
+            message: journey.redactor.redact(&message),
+            screenshot: None,
+            page_url: None,
+        });
+    }
+    JourneyReport {
+        journey: journey.name.clone(),
+        location: env.location.clone(),
+        labels: journey.labels.clone(),
+        address: None,
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+        started_at: SystemTime::now(),
+        duration: Duration::ZERO,
+        lateness,
+        outcome: Outcome::Failed,
+        failed_step: Some(0),
+        steps,
+    }
+}
+
+async fn run_pinned(
+    journey: &Journey,
+    env: &RunEnv,
+    lateness: Option<Duration>,
+    cancel: &CancellationToken,
+    pin: Option<crate::probes::browser::Pin>,
+) -> JourneyReport {
     let trace_id = TraceId::random();
     let span_id = SpanId::random();
     let started_at = SystemTime::now();
@@ -43,6 +145,7 @@ pub async fn run(
     let journey_deadline = start + journey.timeout;
     let mut vars = Vars::new();
     let mut cookies = cookie_store::CookieStore::default();
+    let mut browser: Option<crate::probes::browser::Session> = None;
     let mut steps = Vec::with_capacity(journey.steps.len());
     let mut failed_step = None;
     let mut stop = false;
@@ -56,8 +159,12 @@ pub async fn run(
             step,
             env,
             trace_id,
-            &mut vars,
-            &mut cookies,
+            RunState {
+                vars: &mut vars,
+                cookies: &mut cookies,
+                browser: &mut browser,
+                pin: &pin,
+            },
             journey_deadline,
             cancel,
         )
@@ -74,11 +181,33 @@ pub async fn run(
         }
         steps.push(report);
     }
+    // A failed browser run keeps a screenshot and the page URL; then the
+    // session is closed, however the run ended.
+    if let Some(session) = browser.take() {
+        if let Some(e) = failed_step
+            .and_then(|i| steps.get_mut(i))
+            .and_then(|s| s.error.as_mut())
+        {
+            let name = format!("{trace_id}-{}", journey.name);
+            e.screenshot = crate::probes::browser::failure_screenshot(&session, &name)
+                .await
+                .map(|p| p.display().to_string());
+            if let Some(c) = session.client() {
+                e.page_url = tokio::time::timeout(Duration::from_secs(2), c.current_url())
+                    .await
+                    .ok()
+                    .and_then(|u| u.ok())
+                    .map(|u| journey.redactor.redact(u.as_str()));
+            }
+        }
+        session.close().await;
+    }
     let duration = start.elapsed();
     JourneyReport {
         journey: journey.name.clone(),
         location: env.location.clone(),
         labels: journey.labels.clone(),
+        address: pin.as_ref().map(|(_, ip)| ip.to_string()),
         trace_id,
         span_id,
         started_at,
@@ -107,17 +236,29 @@ fn skipped(step: &Step) -> StepReport {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the steps of one run share.
+struct RunState<'a> {
+    vars: &'a mut Vars,
+    cookies: &'a mut cookie_store::CookieStore,
+    browser: &'a mut Option<crate::probes::browser::Session>,
+    pin: &'a Option<crate::probes::browser::Pin>,
+}
+
 async fn run_step(
     journey: &Journey,
     step: &Step,
     env: &RunEnv,
     trace_id: TraceId,
-    vars: &mut Vars,
-    cookies: &mut cookie_store::CookieStore,
+    state: RunState<'_>,
     journey_deadline: Instant,
     cancel: &CancellationToken,
 ) -> StepReport {
+    let RunState {
+        vars,
+        cookies,
+        browser,
+        pin,
+    } = state;
     let started_at = SystemTime::now();
     let start = Instant::now();
     let step_deadline = step.timeout.map(|t| start + t);
@@ -134,6 +275,8 @@ async fn run_step(
             vars,
             cookies,
             rec: &mut rec,
+            browser,
+            pin,
         };
         tokio::select! {
             r = tokio::time::timeout_at(deadline, probes::run(&step.action, ctx)) => match r {
@@ -154,6 +297,8 @@ async fn run_step(
                 kind: ErrorKind::Cancelled,
                 phase: rec.phase,
                 message: "run cancelled: the agent is shutting down".into(),
+                screenshot: None,
+                page_url: None,
             })
         }
         Err(_) => {
@@ -180,12 +325,16 @@ async fn run_step(
                 kind: ErrorKind::Timeout,
                 phase,
                 message: format!("{limit} reached in step `{}`{during}", step.name),
+                screenshot: None,
+                page_url: None,
             })
         }
         Ok(Err(e)) => Some(StepError {
             kind: e.kind,
             phase: e.phase,
             message: e.message,
+            screenshot: None,
+            page_url: None,
         }),
         Ok(Ok(obs)) => {
             let failures = assert::check(&step.expect, &obs, &journey.redactor);
@@ -199,9 +348,16 @@ async fn run_step(
                     kind: first.kind,
                     phase: None,
                     message,
+                    screenshot: None,
+                    page_url: None,
                 })
             } else {
                 let mut error = None;
+                if let crate::probes::Observation::Browser(b) = &obs {
+                    for (name, value) in &b.extracted {
+                        vars.insert(name.clone(), value.clone());
+                    }
+                }
                 for (name, ex) in &step.extract {
                     match assert::extract(ex, &obs, cookies) {
                         Ok(v) => {
@@ -212,6 +368,8 @@ async fn run_step(
                                 kind: ErrorKind::Extraction,
                                 phase: None,
                                 message: format!("cannot extract `{name}`: {e}"),
+                                screenshot: None,
+                                page_url: None,
                             });
                             break;
                         }

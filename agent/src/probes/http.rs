@@ -161,7 +161,7 @@ pub async fn run(req: &HttpRequest, ctx: Ctx<'_>) -> Result<HttpResponse, ProbeE
             trace_id: ctx.trace_id,
             user_agent: &ctx.env.user_agent,
         };
-        let resp = exchange.run(ctx.env, ctx.cookies, ctx.rec).await?;
+        let resp = exchange.run(ctx.env, ctx.cookies, ctx.rec, ctx.pin).await?;
         let location = resp.headers.get(header::LOCATION).cloned();
         let is_redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
         if !is_redirect || req.max_redirects == 0 {
@@ -307,6 +307,7 @@ impl Exchange<'_> {
         env: &super::ProbeEnv,
         cookies: &mut cookie_store::CookieStore,
         rec: &mut super::Recorder,
+        pin: &Option<super::browser::Pin>,
     ) -> Result<HttpResponse, ProbeError> {
         let host = self.url.host_str().unwrap_or_default().to_string();
         let port = self.url.port_or_known_default().unwrap_or(80);
@@ -323,8 +324,12 @@ impl Exchange<'_> {
             response_bytes: 0,
             cert_expiry: None,
         }));
+        let pinned = pin
+            .as_ref()
+            .filter(|(h, _)| h.eq_ignore_ascii_case(host.trim_matches(['[', ']'])))
+            .map(|(_, ip)| *ip);
         let result = self
-            .exchange(env, cookies, rec, &host, port, https, span_id)
+            .exchange(env, cookies, rec, &host, port, https, span_id, pinned)
             .await;
         let error_type = match &result {
             Ok(r) if r.status.as_u16() >= 400 => Some(r.status.as_u16().to_string()),
@@ -345,9 +350,15 @@ impl Exchange<'_> {
         port: u16,
         https: bool,
         span_id: SpanId,
+        pinned: Option<std::net::IpAddr>,
     ) -> Result<HttpResponse, ProbeError> {
         let bare_host = host.trim_matches(['[', ']']);
-        let ip = super::resolve_host(env, rec, bare_host).await?;
+        // A fanned-out run talks to its replica's address; the name still
+        // goes in Host and SNI.
+        let ip = match pinned {
+            Some(ip) => ip,
+            None => super::resolve_host(env, rec, bare_host).await?,
+        };
         let addr = SocketAddr::new(ip, port);
         rec.enter(Phase::Connect);
         let tcp = TcpStream::connect(addr).await.map_err(|e| {

@@ -9,6 +9,7 @@
 //!
 //! Adding a kind is one file here plus one arm in [`Action`] and [`run`].
 
+pub mod browser;
 pub mod dns;
 pub mod http;
 pub mod redis;
@@ -33,6 +34,7 @@ pub enum Action {
     Tcp(tcp::TcpCheck),
     Dns(dns::DnsQuery),
     Tls(tls::TlsCheck),
+    Browser(browser::BrowserStep),
 }
 
 impl Action {
@@ -44,6 +46,7 @@ impl Action {
             Action::Tcp(_) => "tcp",
             Action::Dns(_) => "dns",
             Action::Tls(_) => "tls",
+            Action::Browser(_) => "browser",
         }
     }
 }
@@ -57,6 +60,7 @@ pub enum Observation {
     Tcp(tcp::TcpResult),
     Dns(dns::DnsResult),
     Tls(tls::TlsResult),
+    Browser(browser::BrowserResult),
 }
 
 impl Observation {
@@ -69,6 +73,7 @@ impl Observation {
             Observation::Tcp(r) => r.elapsed,
             Observation::Dns(r) => r.elapsed,
             Observation::Tls(r) => r.elapsed,
+            Observation::Browser(r) => r.elapsed,
         }
     }
 
@@ -83,6 +88,7 @@ impl Observation {
             Observation::Redis(r) => Ok(r.reply.clone()),
             Observation::Dns(r) => Ok(r.document()),
             Observation::Tls(r) => Ok(r.document()),
+            Observation::Browser(r) => Ok(r.document()),
             Observation::Tcp(r) => serde_json::from_slice(&r.received)
                 .map_err(|e| format!("received data is not JSON ({e})")),
         }
@@ -121,6 +127,8 @@ impl ProbeError {
 pub struct ProbeEnv {
     pub resolver: hickory_resolver::TokioResolver,
     pub user_agent: String,
+    /// Where browser sessions come from; `None` when browsers are off.
+    pub browser: Option<browser::Driver>,
 }
 
 impl ProbeEnv {
@@ -140,7 +148,15 @@ impl ProbeEnv {
         Ok(ProbeEnv {
             resolver,
             user_agent: format!("Vantage/{} (synthetic)", env!("CARGO_PKG_VERSION")),
+            browser: Some(browser::Driver::new(browser::BrowserOptions::default())),
         })
+    }
+
+    /// The same, with these browser settings.
+    pub fn with_browser(opts: browser::BrowserOptions) -> Result<Self, String> {
+        let mut env = Self::new()?;
+        env.browser = Some(browser::Driver::new(opts));
+        Ok(env)
     }
 }
 
@@ -154,6 +170,10 @@ pub struct Ctx<'a> {
     pub vars: &'a Vars,
     pub cookies: &'a mut cookie_store::CookieStore,
     pub rec: &'a mut Recorder,
+    /// The run's browser session, opened by its first browser step.
+    pub browser: &'a mut Option<browser::Session>,
+    /// Per-replica fan-out: this host connects to this address only.
+    pub pin: &'a Option<browser::Pin>,
 }
 
 /// Runs one step's action.
@@ -165,6 +185,7 @@ pub async fn run(action: &Action, ctx: Ctx<'_>) -> Result<Observation, ProbeErro
         Action::Tcp(c) => tcp::run(c, ctx).await.map(Observation::Tcp),
         Action::Dns(q) => dns::run(q, ctx).await.map(Observation::Dns),
         Action::Tls(c) => tls::run(c, ctx).await.map(Observation::Tls),
+        Action::Browser(b) => browser::run(b, ctx).await.map(Observation::Browser),
     }
 }
 
@@ -238,6 +259,11 @@ impl Recorder {
                 detail: open.detail,
             });
         }
+    }
+
+    /// Adds a call observed after the fact (a request a browser page made).
+    pub fn push_call(&mut self, call: Call) {
+        self.calls.push(call);
     }
 
     /// Closes a call the probe could not finish (deadline or cancellation).

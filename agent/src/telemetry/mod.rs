@@ -58,10 +58,13 @@ impl Telemetry {
         self.prom.record(r);
         let Some(otlp) = &self.otlp else { return };
         if let Some(i) = &otlp.instruments {
-            let base = [
+            let mut base = vec![
                 KeyValue::new(names::ATTR_JOURNEY, r.journey.to_string()),
                 KeyValue::new(names::ATTR_LOCATION, r.location.to_string()),
             ];
+            if let Some(a) = &r.address {
+                base.push(KeyValue::new(names::ATTR_ADDRESS, a.clone()));
+            }
             let with_error = |mut v: Vec<KeyValue>, e: Option<String>| {
                 if let Some(e) = e {
                     v.push(KeyValue::new(names::ERROR_TYPE, e));

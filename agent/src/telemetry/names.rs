@@ -33,6 +33,8 @@ pub const ATTR_LOCATION: &str = "vantage.location";
 pub const ATTR_LABEL_PREFIX: &str = "vantage.label.";
 pub const ATTR_OUTCOME: &str = "vantage.outcome";
 pub const ATTR_PHASE: &str = "vantage.phase";
+pub const ATTR_ADDRESS: &str = "vantage.address";
+pub const ATTR_SCREENSHOT: &str = "vantage.browser.screenshot";
 pub const ATTR_LATENESS: &str = "vantage.schedule.lateness";
 pub const ATTR_PHASE_PREFIX: &str = "vantage.phase.";
 

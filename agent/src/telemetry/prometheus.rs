@@ -82,6 +82,9 @@ fn journey_labels(r: &JourneyReport) -> Labels {
         ("journey".to_string(), r.journey.to_string()),
         ("location".to_string(), r.location.to_string()),
     ];
+    if let Some(a) = &r.address {
+        l.push(("address".to_string(), a.clone()));
+    }
     l.extend(r.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     l
 }
@@ -413,7 +416,10 @@ impl Prom {
             put(Series::HttpRedirects, base.clone());
         }
         if let Ok(mut w) = self.written.lock() {
-            w.insert(r.journey.to_string(), written);
+            // Fanned-out runs of one journey each add their own series.
+            let entry = w.entry(r.journey.to_string()).or_default();
+            entry.retain(|(_, l)| !written.iter().any(|(_, n)| n == l));
+            entry.extend(written);
         }
     }
 

@@ -80,6 +80,9 @@ pub fn spans_for(r: &JourneyReport, scope: &InstrumentationScope) -> Vec<SpanDat
     if let Some(l) = r.lateness {
         root_attrs.push(KeyValue::new(ATTR_LATENESS, l.as_secs_f64()));
     }
+    if let Some(a) = &r.address {
+        root_attrs.push(KeyValue::new(ATTR_ADDRESS, a.clone()));
+    }
     let root_status = match r.error() {
         Some(e) => {
             root_attrs.push(KeyValue::new(ERROR_TYPE, e.kind.as_str().into_owned()));
@@ -119,6 +122,12 @@ pub fn spans_for(r: &JourneyReport, scope: &InstrumentationScope) -> Vec<SpanDat
                 attrs.push(KeyValue::new(ERROR_TYPE, e.kind.as_str().into_owned()));
                 if let Some(p) = e.phase {
                     attrs.push(KeyValue::new(ATTR_PHASE, p.as_str()));
+                }
+                if let Some(shot) = &e.screenshot {
+                    attrs.push(KeyValue::new(ATTR_SCREENSHOT, shot.clone()));
+                }
+                if let Some(u) = &e.page_url {
+                    attrs.push(KeyValue::new(URL_FULL, u.clone()));
                 }
                 Status::error(e.message.clone())
             }

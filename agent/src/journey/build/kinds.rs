@@ -13,7 +13,7 @@ use super::Cx;
 use crate::config::{self, Loc};
 use crate::journey::Template;
 use crate::probes::Action;
-use crate::probes::{dns, redis as redis_probe, sql, tcp, tls};
+use crate::probes::{browser, dns, redis as redis_probe, sql, tcp, tls};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +64,247 @@ impl Cx<'_> {
                 .tls(c, &format!("{path}.tls"), statics)
                 .map(Action::Tls);
         }
+        if let Some(actions) = &s.browser {
+            let absent = s
+                .expect
+                .as_ref()
+                .and_then(|e| e.absent.as_ref())
+                .map(|a| vec![a.value.clone()])
+                .unwrap_or_default();
+            let backend_ok = s
+                .expect
+                .as_ref()
+                .and_then(|e| e.backend_requests.as_ref())
+                .is_some_and(|b| b.value.trim() == "all_ok");
+            return self
+                .browser(
+                    actions,
+                    absent,
+                    &format!("{path}.browser"),
+                    statics,
+                    extracted,
+                )
+                .map(|mut b| {
+                    b.backend_ok = backend_ok;
+                    Action::Browser(b)
+                });
+        }
         None
+    }
+
+    fn locate(
+        &mut self,
+        at: &Loc<config::BrowserActionConfig>,
+        path: &str,
+        css: &Option<String>,
+        xpath: &Option<String>,
+        text: &Option<String>,
+    ) -> Option<browser::Locate> {
+        match (css, xpath, text) {
+            (Some(c), None, None) => Some(browser::Locate::Css(c.clone())),
+            (None, Some(x), None) => Some(browser::Locate::Xpath(x.clone())),
+            (None, None, Some(t)) => Some(browser::Locate::text(t)),
+            _ => {
+                self.err(
+                    at,
+                    path,
+                    "locate the element by exactly one of `css`, `xpath` or `text`",
+                );
+                None
+            }
+        }
+    }
+
+    fn text_match(
+        &mut self,
+        at: &Loc<config::BrowserActionConfig>,
+        path: &str,
+        equals: &Option<String>,
+        contains: &Option<String>,
+        matches: &Option<String>,
+    ) -> Option<browser::TextMatch> {
+        if equals.is_none() && contains.is_none() && matches.is_none() {
+            self.err(
+                at,
+                path,
+                "give at least one of `equals`, `contains` or `matches`",
+            );
+            return None;
+        }
+        let matches = match matches {
+            Some(re) => match regex::Regex::new(re) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let msg = e
+                        .to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.err(at, path, format!("invalid regex: {msg}"));
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(browser::TextMatch {
+            equals: equals.clone(),
+            contains: contains.clone(),
+            matches,
+        })
+    }
+
+    fn browser(
+        &mut self,
+        actions: &[Loc<config::BrowserActionConfig>],
+        absent: Vec<String>,
+        path: &str,
+        statics: &BTreeMap<String, String>,
+        extracted: &BTreeSet<String>,
+    ) -> Option<browser::BrowserStep> {
+        use config::BrowserActionConfig as C;
+        if actions.is_empty() {
+            self.err_at(0, 0, path, "a browser step needs at least one action");
+            return None;
+        }
+        let before = self.errors.len();
+        let mut out = Vec::new();
+        for (i, a) in actions.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let at = (a.line, a.column);
+            let built = match &a.value {
+                C::Goto(url) => self
+                    .template(at, &format!("{p}.goto"), url, statics, extracted)
+                    .and_then(|t| {
+                        match crate::probes::http::parse_http_url(&t.render_with_placeholder("x")) {
+                            Ok(_) => Some(browser::Action::Goto(t)),
+                            Err(e) => {
+                                self.err(a, &format!("{p}.goto"), format!("{e} in `{url}`"));
+                                None
+                            }
+                        }
+                    }),
+                C::Fill(f) => {
+                    let loc = self.locate(a, &p, &f.css, &f.xpath, &f.text);
+                    let value =
+                        self.template(at, &format!("{p}.fill.value"), &f.value, statics, extracted);
+                    match (loc, value) {
+                        (Some(at), Some(value)) => Some(browser::Action::Fill {
+                            at,
+                            value,
+                            submit: f.submit,
+                        }),
+                        _ => None,
+                    }
+                }
+                C::Click(t) => self
+                    .locate(a, &p, &t.css, &t.xpath, &t.text)
+                    .map(|at| browser::Action::Click { at }),
+                C::Press(k) => {
+                    let at = if k.css.is_none() && k.xpath.is_none() && k.text.is_none() {
+                        Some(None)
+                    } else {
+                        self.locate(a, &p, &k.css, &k.xpath, &k.text).map(Some)
+                    };
+                    at.map(|at| browser::Action::Press {
+                        at,
+                        keys: k.keys.clone(),
+                    })
+                }
+                C::Select(sel) => {
+                    let loc = self.locate(a, &p, &sel.css, &sel.xpath, &sel.text);
+                    if sel.value.is_some() == sel.label.is_some() {
+                        self.err(a, &p, "give exactly one of `value` or `label`");
+                        None
+                    } else {
+                        let value = match &sel.value {
+                            Some(v) => self.template(
+                                at,
+                                &format!("{p}.select.value"),
+                                v,
+                                statics,
+                                extracted,
+                            ),
+                            None => None,
+                        };
+                        let label = match &sel.label {
+                            Some(v) => self.template(
+                                at,
+                                &format!("{p}.select.label"),
+                                v,
+                                statics,
+                                extracted,
+                            ),
+                            None => None,
+                        };
+                        loc.map(|at| browser::Action::Select { at, value, label })
+                    }
+                }
+                C::WaitFor(w) => {
+                    let loc = self.locate(a, &p, &w.css, &w.xpath, &w.text);
+                    let timeout = match &w.timeout {
+                        Some(t) => match super::parse_duration(t) {
+                            Ok(d) => Some(Some(d)),
+                            Err(e) => {
+                                self.err(a, &format!("{p}.wait_for.timeout"), e);
+                                None
+                            }
+                        },
+                        None => Some(None),
+                    };
+                    match (loc, timeout) {
+                        (Some(at), Some(timeout)) => Some(browser::Action::WaitFor {
+                            at,
+                            timeout,
+                            visible: w.visible.unwrap_or(true),
+                            gone: w.gone,
+                        }),
+                        _ => None,
+                    }
+                }
+                C::AssertText(t) => {
+                    let loc = self.locate(a, &p, &t.css, &t.xpath, &t.text);
+                    let m = self.text_match(a, &p, &t.equals, &t.contains, &t.matches);
+                    match (loc, m) {
+                        (Some(at), Some(expect)) => {
+                            Some(browser::Action::AssertText { at, expect })
+                        }
+                        _ => None,
+                    }
+                }
+                C::AssertAbsent(t) => self
+                    .locate(a, &p, &t.css, &t.xpath, &t.text)
+                    .map(|at| browser::Action::AssertAbsent { at }),
+                C::AssertUrl(m) => self
+                    .text_match(a, &p, &m.equals, &m.contains, &m.matches)
+                    .map(browser::Action::AssertUrl),
+                C::AssertTitle(m) => self
+                    .text_match(a, &p, &m.equals, &m.contains, &m.matches)
+                    .map(browser::Action::AssertTitle),
+                C::Script(sc) => {
+                    let expect = match &sc.expect {
+                        Some(m) => self
+                            .text_match(a, &p, &m.equals, &m.contains, &m.matches)
+                            .map(Some),
+                        None => Some(None),
+                    };
+                    expect.map(|expect| browser::Action::Script {
+                        js: sc.js.clone(),
+                        expect,
+                        extract: sc.extract.clone(),
+                    })
+                }
+                C::Screenshot(name) => Some(browser::Action::Screenshot { name: name.clone() }),
+            };
+            out.extend(built);
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(browser::BrowserStep {
+            actions: out,
+            absent,
+            backend_ok: false,
+        })
     }
 
     /// A template that must be known at build time (hosts, DSNs, URLs).
@@ -557,6 +797,88 @@ impl Cx<'_> {
             host,
             port: c.port.unwrap_or(443),
             verifier,
+        })
+    }
+}
+
+impl Cx<'_> {
+    /// `fan_out`: the host is given or taken from the first step's URL.
+    pub(super) fn fan_out(
+        &mut self,
+        f: &Loc<config::FanOutConfig>,
+        cfg: &config::JourneyConfig,
+        statics: &BTreeMap<String, String>,
+    ) -> Option<crate::journey::FanOut> {
+        let (host, addresses) = match &f.value {
+            config::FanOutConfig::Mode(m) if m == "per_address" => (None, None),
+            config::FanOutConfig::Mode(m) => {
+                self.err(
+                    f,
+                    "fan_out",
+                    format!("unknown fan-out `{m}` (use per_address or {{ host, addresses }})"),
+                );
+                return None;
+            }
+            config::FanOutConfig::Explicit(e) => (e.host.clone(), e.addresses.clone()),
+        };
+        let host = match host {
+            Some(h) => h,
+            None => {
+                let first_url = cfg.steps.first().and_then(|s| {
+                    s.http.as_ref().map(|h| h.url.value.clone()).or_else(|| {
+                        s.browser.as_ref().and_then(|b| {
+                            b.iter().find_map(|a| match &a.value {
+                                config::BrowserActionConfig::Goto(u) => Some(u.clone()),
+                                _ => None,
+                            })
+                        })
+                    })
+                });
+                let scope_none = BTreeSet::new();
+                let resolved = first_url.and_then(|u| {
+                    let t =
+                        self.template((f.line, f.column), "fan_out", &u, statics, &scope_none)?;
+                    url::Url::parse(&t.render_with_placeholder("x"))
+                        .ok()?
+                        .host_str()
+                        .map(str::to_string)
+                });
+                match resolved {
+                    Some(h) => h,
+                    None => {
+                        self.err(f, "fan_out", "cannot tell the host from the first step; give `fan_out: { host: ... }`");
+                        return None;
+                    }
+                }
+            }
+        };
+        let addresses = match addresses {
+            None => None,
+            Some(list) => {
+                let mut ips = Vec::new();
+                for a in &list {
+                    match a.trim().parse::<std::net::IpAddr>() {
+                        Ok(ip) => ips.push(ip),
+                        Err(_) => {
+                            self.err(
+                                f,
+                                "fan_out.addresses",
+                                format!("`{a}` is not an IP address"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                if ips.is_empty() {
+                    self.err(f, "fan_out.addresses", "the address list is empty");
+                    return None;
+                }
+                Some(ips)
+            }
+        };
+        Some(crate::journey::FanOut {
+            host: host.trim_matches(['[', ']']).to_string(),
+            addresses,
         })
     }
 }

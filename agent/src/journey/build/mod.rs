@@ -263,7 +263,15 @@ impl Cx<'_> {
                 steps.push(step);
             }
         }
+        let fan_out = cfg
+            .fan_out
+            .as_ref()
+            .and_then(|f| self.fan_out(f, cfg, &statics));
+        if cfg.fan_out.is_some() && fan_out.is_none() {
+            return None;
+        }
         Some(Journey {
+            fan_out,
             name: name.into(),
             source: format!("{}:{}", self.file.display, cfg.name.line).into(),
             schedule: schedule?,
@@ -346,6 +354,7 @@ impl Cx<'_> {
             ("tcp", s.tcp.is_some()),
             ("dns", s.dns.is_some()),
             ("tls", s.tls.is_some()),
+            ("browser", s.browser.is_some()),
         ]
         .iter()
         .filter(|(_, set)| *set)
@@ -356,7 +365,7 @@ impl Cx<'_> {
                 self.err(
                     &s.name,
                     path,
-                    "a step needs exactly one action: http, sql, redis, tcp, dns or tls",
+                    "a step needs exactly one action: http, browser, sql, redis, tcp, dns or tls",
                 );
                 None
             }
@@ -447,6 +456,21 @@ impl Cx<'_> {
         // Later steps may use what this one extracts.
         for (name, _) in &extract {
             extracted.insert(name.clone());
+        }
+        for a in s.browser.iter().flatten() {
+            if let config::BrowserActionConfig::Script(sc) = &a.value
+                && let Some(name) = &sc.extract
+            {
+                if crate::journey::template::is_var_name(name) {
+                    extracted.insert(name.clone());
+                } else {
+                    self.err(
+                        a,
+                        &format!("{path}.browser"),
+                        format!("invalid variable name `{name}`"),
+                    );
+                }
+            }
         }
         if self.errors.len() > errors_before {
             return None;
@@ -759,6 +783,23 @@ impl Cx<'_> {
             && let Some(d) = self.duration(l, &format!("{path}.latency_below"))
         {
             out.push(Expectation::LatencyBelow(d));
+        }
+        if let Some(css) = &e.absent {
+            out.push(Expectation::Absent(css.value.clone()));
+        }
+        if let Some(b) = &e.backend_requests {
+            if b.value.trim() == "all_ok" {
+                out.push(Expectation::BackendRequestsOk);
+            } else {
+                self.err(
+                    b,
+                    &format!("{path}.backend_requests"),
+                    format!("unknown value `{}` (use all_ok)", b.value),
+                );
+            }
+        }
+        if e.no_js_errors == Some(true) {
+            out.push(Expectation::NoJsErrors);
         }
         for (field, m) in [
             (Field::Scalar, &e.scalar),
