@@ -69,6 +69,9 @@ pub async fn run_all(
 
 /// Every A and AAAA record of `host`, sorted so replicas keep their order.
 async fn resolve_all(env: &ProbeEnv, host: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![ip]);
+    }
     let (v4, v6) = tokio::join!(
         env.resolver.ipv4_lookup(host),
         env.resolver.ipv6_lookup(host)

@@ -145,9 +145,21 @@ pub fn resolve(
         };
         let reference = &after[..end];
         rest = &after[end + 1..];
-        if let Some(name) = reference.strip_prefix("env:") {
-            let value = (scope.env)(name)
-                .ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+        if let Some(spec) = reference.strip_prefix("env:") {
+            // `${env:NAME:-default}` falls back when NAME is unset or empty.
+            let (name, default) = match spec.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (spec, None),
+            };
+            let value = match ((scope.env)(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(ResolveError::Invalid(format!(
+                        "environment variable `{name}` is not set"
+                    )));
+                }
+            };
             register_secret(secrets, &value);
             lit.push_str(&value);
         } else if let Some(path) = reference.strip_prefix("file:") {
@@ -294,6 +306,15 @@ mod tests {
         let (t, secrets) = check("${app}/x?k=${env:KEY}", &[("KEY", "s3cret")]).unwrap();
         assert_eq!(t.as_static(), Some("http://a/x?k=s3cret"));
         assert!(secrets.contains("s3cret"));
+    }
+
+    #[test]
+    fn env_defaults_apply_only_when_unset() {
+        let (t, secrets) = check("${env:DSN:-postgres://localhost/db}", &[]).unwrap();
+        assert_eq!(t.as_static(), Some("postgres://localhost/db"));
+        assert!(secrets.contains("postgres://localhost/db"));
+        let (t, _) = check("${env:DSN:-fallback}", &[("DSN", "real")]).unwrap();
+        assert_eq!(t.as_static(), Some("real"));
     }
 
     #[test]
