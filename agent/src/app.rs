@@ -36,6 +36,7 @@ pub struct AgentOptions {
     pub shard: Option<Shard>,
     pub grace: Duration,
     pub otlp: Option<OtlpConfig>,
+    pub browser: crate::probes::browser::BrowserOptions,
     /// How often journey files are checked for changes.
     pub watch_interval: Duration,
 }
@@ -102,7 +103,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         Telemetry::start(opts.otlp.as_ref(), &location, opts.environment.as_deref())
             .map_err(AgentError::Setup)?,
     );
-    let probes = Arc::new(ProbeEnv::new().map_err(AgentError::Setup)?);
+    let probes = Arc::new(ProbeEnv::with_browser(opts.browser.clone()).map_err(AgentError::Setup)?);
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

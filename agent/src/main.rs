@@ -91,6 +91,19 @@ struct Common {
     /// OTLP protocol: grpc or http/protobuf. Default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
     #[arg(long)]
     otlp_protocol: Option<String>,
+    /// A WebDriver server (Selenium, chromedriver) for browser steps; default:
+    /// start a local chromedriver.
+    #[arg(long, env = "VANTAGE_WEBDRIVER")]
+    webdriver: Option<String>,
+    /// The chromedriver to start when no --webdriver is given.
+    #[arg(long, env = "VANTAGE_CHROMEDRIVER", default_value = "chromedriver")]
+    chromedriver: PathBuf,
+    /// The Chromium binary chromedriver starts (default: /usr/bin/chromium when present).
+    #[arg(long, env = "VANTAGE_CHROMIUM")]
+    chromium: Option<PathBuf>,
+    /// Most browser sessions at once.
+    #[arg(long, env = "VANTAGE_MAX_BROWSERS", default_value_t = 2)]
+    max_browsers: usize,
     /// Spans held for export while the collector is slow or down; past it the
     /// oldest are dropped and counted in vantage_telemetry_dropped_total.
     #[arg(long, env = "VANTAGE_OTLP_QUEUE_SPANS", default_value_t = 20_000)]
@@ -246,6 +259,17 @@ fn check(paths: &[PathBuf], vars: &[(String, String)]) -> ExitCode {
     }
 }
 
+fn browser_options(common: &Common) -> vantage::probes::browser::BrowserOptions {
+    let defaults = vantage::probes::browser::BrowserOptions::default();
+    vantage::probes::browser::BrowserOptions {
+        webdriver: common.webdriver.clone(),
+        chromedriver: common.chromedriver.clone(),
+        chromium: common.chromium.clone().or(defaults.chromium),
+        max_browsers: common.max_browsers.max(1),
+        ..defaults
+    }
+}
+
 fn otlp(common: &Common) -> anyhow::Result<Option<OtlpConfig>> {
     let cfg = OtlpConfig::from_env(common.otlp_endpoint.clone(), common.otlp_protocol.clone())
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -258,6 +282,7 @@ fn otlp(common: &Common) -> anyhow::Result<Option<OtlpConfig>> {
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = AgentOptions {
         otlp: otlp(&args.common)?,
+        browser: browser_options(&args.common),
         paths: args.common.paths,
         vars: args.common.vars.into_iter().collect(),
         location: args.common.location,
@@ -309,7 +334,10 @@ async fn once(args: OnceArgs) -> anyhow::Result<ExitCode> {
     );
     let env = Arc::new(RunEnv {
         location: location.into(),
-        probes: Arc::new(ProbeEnv::new().map_err(|e| anyhow::anyhow!(e))?),
+        probes: Arc::new(
+            ProbeEnv::with_browser(browser_options(&args.common))
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
     });
     let permits = Arc::new(Semaphore::new(args.common.concurrency.max(1)));
     let cancel = CancellationToken::new();

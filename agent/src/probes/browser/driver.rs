@@ -27,8 +27,6 @@ pub struct BrowserOptions {
     /// The Chromium binary passed to chromedriver (`None`: its default).
     pub chromium: Option<PathBuf>,
     pub max_browsers: usize,
-    /// Where failed runs' screenshots go.
-    pub artifacts: PathBuf,
 }
 
 impl Default for BrowserOptions {
@@ -46,7 +44,6 @@ impl Default for BrowserOptions {
             chromedriver: PathBuf::from("chromedriver"),
             chromium,
             max_browsers: 2,
-            artifacts: std::env::temp_dir().join("vantage-artifacts"),
         }
     }
 }
@@ -86,10 +83,6 @@ impl Driver {
             local: Mutex::new(None),
             permits,
         }
-    }
-
-    pub fn artifacts(&self) -> &std::path::Path {
-        &self.opts.artifacts
     }
 
     /// The WebDriver URL, starting (or restarting) the local chromedriver.
