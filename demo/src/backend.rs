@@ -1,12 +1,13 @@
-//! The Movie-Guru-like JSON API as an axum [`Router`] value, and the in-memory state behind
-//! it (per-user history and preferences, the fault phase, counters, the last trace headers).
-//! [`router`] never binds a socket, so tests drive it with `oneshot`. The control endpoints
-//! (`/phase`, `/metrics`, `/debug/last-request`) live here because they share the state; they
-//! need no `user` header and are not recorded as the "last request". State is bounded:
-//! at most [`MAX_USERS`] users and [`HISTORY_LEN`] messages each, small request bodies.
+//! The Movie-Guru-like JSON API as an axum [`Router`] value, and the state behind it: the
+//! [`Store`] (users, logins, history and preferences, in memory or in PostgreSQL), the
+//! fault phase, counters and the last trace headers. [`router`] never binds a socket, so
+//! tests drive it with `oneshot`. The control endpoints (`/phase`, `/metrics`,
+//! `/debug/last-request`) live here because they share the state; they need no `user`
+//! header and are not recorded as the "last request". Handlers draw their injected fault
+//! before touching the store, so an injected failure writes nothing. Request bodies are
+//! small and bounded; a store failure is a 500 whose body says nothing about the database.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
@@ -19,22 +20,21 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cors;
 use crate::metrics::{ChatOutcome, Metrics};
 use crate::movies::{self, Movie};
 use crate::phase::{self, Call, Phase, PhaseError};
+pub use crate::store::{
+    HISTORY_LEN, MAX_USERS, Message, PreferenceList, Profile, Role, Store, StoreError,
+};
 
-/// Users kept in memory; the least recently seen one is dropped to make room.
-pub const MAX_USERS: usize = 10_000;
-/// Messages kept per user, which is also what `GET /history` returns.
-pub const HISTORY_LEN: usize = 10;
 /// Longest chat message accepted, in characters, as in Movie Guru.
 pub const MAX_CHAT_CHARS: usize = 1000;
 /// Every legitimate body is well under this; anything bigger is refused before parsing.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Longer than any valid e-mail address, short enough to bound the user map's keys.
+/// Longer than any valid e-mail address, short enough to bound the stored keys.
 const MAX_USER_CHARS: usize = 320;
 const MAX_PREF_ENTRIES: usize = 50;
 const MAX_PREF_ENTRY_CHARS: usize = 200;
@@ -48,15 +48,32 @@ pub struct AppState {
 #[derive(Default)]
 struct Inner {
     phase: RwLock<Phase>,
-    users: Mutex<Users>,
+    store: Store,
     metrics: Metrics,
     last_request: Mutex<LastRequest>,
 }
 
 impl AppState {
-    /// A healthy backend with no users.
+    /// A healthy backend with no users, keeping its data in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A healthy backend keeping its data in `store`.
+    pub fn with_store(store: Store) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                phase: RwLock::default(),
+                store,
+                metrics: Metrics::default(),
+                last_request: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Where users, logins, history and preferences are kept.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// The current fault phase.
@@ -102,15 +119,6 @@ impl AppState {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
-
-    fn users(&self) -> MutexGuard<'_, Users> {
-        // A panic elsewhere cannot leave `Users` half-updated in a way that matters for a
-        // demo, so a poisoned lock is used as is rather than taking the server down.
-        self.inner
-            .users
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// What `GET /debug/last-request` reports; `None` fields serialize as `null`.
@@ -119,110 +127,6 @@ pub struct LastRequest {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub path: Option<String>,
-}
-
-/// One entry of the chat history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Agent,
-}
-
-/// A user's profile in Movie Guru's shape. Never sent as `null`: the real home page
-/// crashes on that, so an unknown user gets empty lists.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Profile {
-    pub likes: PreferenceList,
-    pub dislikes: PreferenceList,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PreferenceList {
-    pub genres: Vec<String>,
-    pub actors: Vec<String>,
-    pub director: Vec<String>,
-    pub other: Vec<String>,
-}
-
-impl Profile {
-    fn validate(&self) -> Result<(), ApiError> {
-        let lists = [&self.likes, &self.dislikes]
-            .into_iter()
-            .flat_map(|p| [&p.genres, &p.actors, &p.director, &p.other]);
-        for list in lists {
-            if list.len() > MAX_PREF_ENTRIES
-                || list
-                    .iter()
-                    .any(|e| e.chars().count() > MAX_PREF_ENTRY_CHARS)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "a preference list may hold {MAX_PREF_ENTRIES} entries of at most \
-                     {MAX_PREF_ENTRY_CHARS} characters"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Users {
-    map: HashMap<String, UserData>,
-    /// Logical clock for least-recently-seen eviction.
-    clock: u64,
-}
-
-#[derive(Default)]
-struct UserData {
-    history: VecDeque<Message>,
-    preferences: Profile,
-    last_seen: u64,
-}
-
-impl Users {
-    /// The user's data, created if needed, marked as just seen.
-    fn entry(&mut self, user: &str) -> &mut UserData {
-        self.clock += 1;
-        if !self.map.contains_key(user) && self.map.len() >= MAX_USERS {
-            // A linear scan, but only when full; a demo does not need an LRU structure.
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, data)| data.last_seen)
-                .map(|(name, _)| name.clone());
-            if let Some(oldest) = oldest {
-                self.map.remove(&oldest);
-            }
-        }
-        let data = self.map.entry(user.to_owned()).or_default();
-        data.last_seen = self.clock;
-        data
-    }
-
-    fn preferences(&self, user: &str) -> Profile {
-        self.map
-            .get(user)
-            .map(|data| data.preferences.clone())
-            .unwrap_or_default()
-    }
-}
-
-impl UserData {
-    fn remember(&mut self, role: Role, content: String) {
-        self.history.push_back(Message { role, content });
-        while self.history.len() > HISTORY_LEN {
-            self.history.pop_front();
-        }
-    }
 }
 
 /// An error answer: a status and `{"error": reason}`. Reasons are written for the caller
@@ -251,6 +155,15 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{call} failed (injected fault)"),
         )
+    }
+}
+
+/// A store failure: logged here with its cause, answered as a bare 500, because a
+/// caller has no use for the database's error text (and it may name tables or hosts).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        warn!(error = %e, "storage call failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage unavailable")
     }
 }
 
@@ -283,6 +196,31 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
         }
         Ok(User(user))
     }
+}
+
+/// Refuses profiles that would make the stored row or a later answer large.
+fn validate(profile: &Profile) -> Result<(), ApiError> {
+    let lists = [&profile.likes, &profile.dislikes]
+        .into_iter()
+        .flat_map(|p| [&p.genres, &p.actors, &p.director, &p.other]);
+    for list in lists {
+        if list.len() > MAX_PREF_ENTRIES
+            || list
+                .iter()
+                .any(|e| e.chars().count() > MAX_PREF_ENTRY_CHARS)
+        {
+            return Err(ApiError::bad_request(format!(
+                "a preference list may hold {MAX_PREF_ENTRIES} entries of at most \
+                 {MAX_PREF_ENTRY_CHARS} characters"
+            )));
+        }
+        if list.iter().any(|e| e.contains('\0')) {
+            return Err(ApiError::bad_request(
+                "preferences must not contain NUL characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a JSON body whatever its `Content-Type`: curl-style callers often omit it, and
@@ -363,7 +301,7 @@ async fn login(State(state): State<AppState>, User(user): User) -> Result<Json<V
     if !inject(&state, Call::Login).await {
         return Err(ApiError::injected("login"));
     }
-    state.users().entry(&user);
+    state.store().login(&user).await?;
     state.metrics().login_success.inc();
     Ok(Json(json!({ "login": "success" })))
 }
@@ -376,7 +314,7 @@ async fn startup(
     if !inject(&state, Call::Startup).await {
         return Err(ApiError::injected("startup"));
     }
-    let preferences = state.users().preferences(&user);
+    let preferences = state.store().preferences(&user).await?;
     state.metrics().startup_success.inc();
     Ok(Json(ChatResponse {
         answer: String::new(),
@@ -388,21 +326,19 @@ async fn startup(
     }))
 }
 
-async fn history(State(state): State<AppState>, User(user): User) -> Json<Vec<Message>> {
-    let users = state.users();
-    let history = users
-        .map
-        .get(&user)
-        .map(|data| data.history.iter().cloned().collect())
-        .unwrap_or_default();
-    Json(history)
+async fn history(
+    State(state): State<AppState>,
+    User(user): User,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    Ok(Json(state.store().history(&user).await?))
 }
 
-async fn clear_history(State(state): State<AppState>, User(user): User) -> StatusCode {
-    if let Some(data) = state.users().map.get_mut(&user) {
-        data.history.clear();
-    }
-    StatusCode::NO_CONTENT
+async fn clear_history(
+    State(state): State<AppState>,
+    User(user): User,
+) -> Result<StatusCode, ApiError> {
+    state.store().clear_history(&user).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn chat(
@@ -416,6 +352,13 @@ async fn chat(
         return Err(ApiError::bad_request(format!(
             "content is longer than {MAX_CHAT_CHARS} characters"
         )));
+    }
+    // PostgreSQL text cannot hold NUL, and no real message has one: refuse it in both
+    // stores alike rather than answer 500 from one of them.
+    if content.contains('\0') {
+        return Err(ApiError::bad_request(
+            "content must not contain NUL characters",
+        ));
     }
 
     // Everything random is drawn before the sleep: the thread-local RNG must not live
@@ -447,15 +390,11 @@ async fn chat(
         // The real frontend shows its own text for UNSAFE and ignores `answer`.
         ChatOutcome::Unsafe => (String::new(), Vec::new(), String::new()),
     };
-    let preferences = {
-        let mut users = state.users();
-        let data = users.entry(&user);
-        data.remember(Role::User, content);
-        if outcome == ChatOutcome::Success {
-            data.remember(Role::Agent, answer.clone());
-        }
-        data.preferences.clone()
-    };
+    let mut exchange = vec![Message::new(Role::User, content)];
+    if outcome == ChatOutcome::Success {
+        exchange.push(Message::new(Role::Agent, answer.clone()));
+    }
+    let preferences = state.store().record_chat(&user, &exchange).await?;
     Ok(Json(ChatResponse {
         answer,
         context: relevant_movies.clone(),
@@ -474,7 +413,7 @@ async fn preferences(
     if !inject(&state, Call::PrefGet).await {
         return Err(ApiError::injected("reading preferences"));
     }
-    let profile = state.users().preferences(&user);
+    let profile = state.store().preferences(&user).await?;
     state.metrics().prefget_success.inc();
     Ok(Json(profile))
 }
@@ -486,11 +425,12 @@ async fn update_preferences(
 ) -> Result<Json<Value>, ApiError> {
     state.metrics().prefupdate_attempts.inc();
     let PreferencesUpdate { content } = parse(&body)?;
-    content.validate()?;
+    validate(&content)?;
+    // The fault is drawn before the store is touched: an injected failure writes nothing.
     if !inject(&state, Call::PrefUpdate).await {
         return Err(ApiError::injected("updating preferences"));
     }
-    state.users().entry(&user).preferences = content;
+    state.store().set_preferences(&user, &content).await?;
     state.metrics().prefupdate_success.inc();
     Ok(Json(json!({ "update": "success" })))
 }
@@ -569,34 +509,4 @@ async fn count_responses(State(state): State<AppState>, request: Request, next: 
     state.metrics().record_response(status.as_u16());
     debug!(%method, %path, status = status.as_u16(), "request served");
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn users_are_bounded_and_evict_least_recently_seen() {
-        let mut users = Users::default();
-        for i in 0..MAX_USERS {
-            users.entry(&format!("u{i}"));
-        }
-        // Touch the oldest so the second-oldest becomes the eviction candidate.
-        users.entry("u0");
-        users.entry("newcomer");
-        assert_eq!(users.map.len(), MAX_USERS);
-        assert!(users.map.contains_key("u0"));
-        assert!(users.map.contains_key("newcomer"));
-        assert!(!users.map.contains_key("u1"));
-    }
-
-    #[test]
-    fn history_keeps_the_last_messages() {
-        let mut data = UserData::default();
-        for i in 0..HISTORY_LEN + 3 {
-            data.remember(Role::User, i.to_string());
-        }
-        assert_eq!(data.history.len(), HISTORY_LEN);
-        assert_eq!(data.history.front().map(|m| m.content.as_str()), Some("3"));
-    }
 }

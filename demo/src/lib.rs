@@ -2,11 +2,14 @@
 //! SRE-workshop app) closely enough that the same journeys run against both, with the
 //! workshop's fault injection (`/phase`), Movie-Guru-named counters (`/metrics`) and a
 //! record of the last trace headers (`/debug/last-request`); and a single-page frontend
-//! ([`frontend`]) whose page calls one fixed backend URL from the browser.
+//! ([`frontend`]) whose page calls one fixed backend URL from the browser. The backend
+//! keeps its users, logins, preferences and history in memory or, given a database URL,
+//! in PostgreSQL ([`store`]), so transactional journeys can check the rows it writes.
 //!
-//! Other crates start them in-process with [`DemoServer::start`] and [`start_frontend`],
-//! or mount [`router`] and [`frontend::router`] themselves. This crate holds no probe
-//! logic and its servers talk to nothing outside themselves (the frontend's page, running
+//! Other crates start them in-process with [`DemoServer::start`] (or
+//! [`DemoServer::start_postgres`]) and [`start_frontend`], or mount [`router`] and
+//! [`frontend::router`] themselves. This crate holds no probe logic, and its servers talk
+//! to nothing outside themselves but the backend's database (the frontend's page, running
 //! in a browser, is what calls the backend).
 
 pub mod backend;
@@ -15,6 +18,7 @@ pub mod frontend;
 pub mod metrics;
 pub mod movies;
 pub mod phase;
+pub mod store;
 
 use std::future::Future;
 use std::io;
@@ -28,6 +32,10 @@ use tokio::task::JoinHandle;
 pub use backend::{AppState, router};
 pub use frontend::{FrontendConfig, FrontendConfigError, FrontendState};
 pub use phase::Phase;
+/// The sqlx this crate was built with, so tests that check a PostgreSQL-backed demo can
+/// read its tables without depending on a second copy.
+pub use sqlx;
+pub use store::{PgSettings, SchemaName, Store, StoreError};
 
 /// Serves the backend on `listener` until `shutdown` completes, then lets in-flight
 /// requests finish. Callers that need a bound on that wait wrap this in a timeout.
@@ -55,6 +63,20 @@ impl DemoServer {
         Self::from_listener(listener, AppState::new())
     }
 
+    /// Connects to PostgreSQL (creating the schema and tables if missing), binds `listen`
+    /// and starts serving a fresh, healthy backend that keeps its data there.
+    pub async fn start_postgres(listen: SocketAddr, settings: &PgSettings) -> io::Result<Self> {
+        let store = Store::postgres(settings).await.map_err(io::Error::other)?;
+        let state = AppState::with_store(store);
+        match TcpListener::bind(listen).await {
+            Ok(listener) => Self::from_listener(listener, state),
+            Err(e) => {
+                state.store().close().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Starts serving `state` on an already bound listener. Must be called inside a
     /// Tokio runtime.
     pub fn from_listener(listener: TcpListener, state: AppState) -> io::Result<Self> {
@@ -77,9 +99,12 @@ impl DemoServer {
         &self.state
     }
 
-    /// Stops accepting connections and waits for in-flight requests to finish.
+    /// Stops accepting connections, waits for in-flight requests to finish, then closes
+    /// the store's database connections.
     pub async fn shutdown(self) -> io::Result<()> {
-        self.running.shutdown().await
+        let served = self.running.shutdown().await;
+        self.state.store().close().await;
+        served
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `vantage-demo` command line: `backend` (the default, so a bare `vantage-demo
-//! [--listen ADDR]` still starts it) or `frontend --backend URL`. It parses flags, sets up
-//! logging to stderr, starts one server, prints the one "listening" line tests and scripts
-//! wait for, and stops on SIGINT/SIGTERM. It holds no server logic.
+//! [--listen ADDR]` still starts it; `--database-url` keeps its data in PostgreSQL) or
+//! `frontend --backend URL`. It parses flags, sets up logging to stderr, starts one
+//! server, prints the one "listening" line tests and scripts wait for, and stops on
+//! SIGINT/SIGTERM. It holds no server logic, and never prints the database URL.
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -10,10 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use vantage_demo::frontend::{BackendUrl, DEFAULT_REPLICA_NAME, ReplicaName};
-use vantage_demo::{DemoServer, FrontendConfig, FrontendServer};
+use vantage_demo::store::DEFAULT_SCHEMA;
+use vantage_demo::{
+    AppState, DemoServer, FrontendConfig, FrontendServer, PgSettings, SchemaName, Store,
+};
 
 /// How long in-flight requests (possibly sleeping an injected latency) may run after a
 /// shutdown signal before the process exits anyway.
@@ -22,7 +27,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A Movie-Guru-like demo app for exercising Vantage: a JSON backend with fault injection,
 /// and a single-page frontend that calls it from the browser.
 ///
-/// Without a subcommand, starts the backend.
+/// Without a subcommand, starts the backend. The backend keeps users, logins, preferences
+/// and chat history in memory, or in PostgreSQL with --database-url.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -34,7 +40,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the JSON backend API, with fault injection (/phase) and counters (/metrics).
+    /// Serve the JSON backend API, with fault injection (/phase) and counters (/metrics);
+    /// data in memory, or in PostgreSQL with --database-url.
     Backend(BackendArgs),
     /// Serve the single-page frontend; its page calls one fixed backend URL from the browser.
     Frontend(FrontendArgs),
@@ -45,6 +52,29 @@ struct BackendArgs {
     /// Address the backend API listens on; port 0 picks a free port.
     #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
+    /// Keep users, logins, preferences and chat history in this PostgreSQL database
+    /// (postgres://user:password@host:port/database) instead of in memory.
+    ///
+    /// Tables named movieguru_users, movieguru_sessions (a row per login),
+    /// movieguru_preferences and movieguru_history are created at startup if missing.
+    /// The URL is never printed or logged.
+    #[arg(
+        long,
+        env = "DEMO_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// PostgreSQL schema holding the tables, created if missing, so several backends
+    /// (parallel tests, say) can share one database.
+    #[arg(
+        long,
+        env = "DEMO_DB_SCHEMA",
+        value_name = "NAME",
+        default_value = DEFAULT_SCHEMA,
+        requires = "database_url"
+    )]
+    db_schema: SchemaName,
 }
 
 #[derive(Debug, Args)]
@@ -83,12 +113,32 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
-    let server = DemoServer::start(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let store = match args.database_url {
+        None => Store::memory(),
+        Some(url) => {
+            let settings = PgSettings::new(url, args.db_schema);
+            let store = Store::postgres(&settings)
+                .await
+                .context("cannot use the database given by --database-url")?;
+            if let Store::Postgres(pg) = &store {
+                info!(database = %pg.target(), schema = %pg.schema(), "keeping data in PostgreSQL");
+            }
+            store
+        }
+    };
+    let state = AppState::with_store(store);
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            state.store().close().await;
+            return Err(e).with_context(|| format!("cannot listen on {}", args.listen));
+        }
+    };
+    let server = DemoServer::from_listener(listener, state)?;
+    let signal = watch_shutdown_signals()?;
     announce(&format!("demo backend listening on {}", server.base_url()))?;
     info!(addr = %server.addr(), "demo backend started");
-    serve_until_signal(|| server.shutdown()).await
+    serve_until_signal(signal, || server.shutdown()).await
 }
 
 async fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
@@ -99,6 +149,7 @@ async fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
     let server = FrontendServer::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let signal = watch_shutdown_signals()?;
     announce(&format!("demo frontend listening on {}", server.base_url()))?;
     info!(
         addr = %server.addr(),
@@ -106,7 +157,7 @@ async fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
         replica = %server.name(),
         "demo frontend started"
     );
-    serve_until_signal(|| server.shutdown()).await
+    serve_until_signal(signal, || server.shutdown()).await
 }
 
 /// Prints the line tests and scripts parse from stdout to learn the real port.
@@ -117,13 +168,16 @@ fn announce(line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for a shutdown signal, then runs `shutdown` for at most [`SHUTDOWN_GRACE`].
-async fn serve_until_signal<F, Fut>(shutdown: F) -> anyhow::Result<()>
+/// Waits for `signal`, then runs `shutdown` for at most [`SHUTDOWN_GRACE`].
+async fn serve_until_signal<F, Fut>(
+    signal: impl Future<Output = ()>,
+    shutdown: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = std::io::Result<()>>,
 {
-    shutdown_signal().await?;
+    signal.await;
     info!("shutdown signal received, draining requests");
     match tokio::time::timeout(SHUTDOWN_GRACE, shutdown()).await {
         Ok(result) => result.context("server failed")?,
@@ -135,20 +189,27 @@ where
     Ok(())
 }
 
-/// Completes on SIGINT or, on Unix, SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Starts watching SIGINT and, on Unix, SIGTERM right away, before the "listening" line:
+/// a caller that signals as soon as it has read the line must not kill the process with
+/// the default action. The returned future completes on the first signal.
+fn watch_shutdown_signals() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
-            _ = term.recv() => {}
-        }
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot watch Ctrl-C")?;
-    Ok(())
+    {
+        // Registered on first poll; only Unix has the early-SIGTERM race this avoids.
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

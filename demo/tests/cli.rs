@@ -36,6 +36,8 @@ fn spawn(args: &[&str], envs: &[(&str, &str)], prefix: &str) -> (Child, SocketAd
         "DEMO_FRONTEND_LISTEN",
         "DEMO_BACKEND_URL",
         "DEMO_REPLICA_NAME",
+        "DEMO_DATABASE_URL",
+        "DEMO_DB_SCHEMA",
     ] {
         command.env_remove(name);
     }
@@ -84,6 +86,8 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_vantage-demo"))
         .args(args)
         .env_remove("DEMO_BACKEND_URL")
+        .env_remove("DEMO_DATABASE_URL")
+        .env_remove("DEMO_DB_SCHEMA")
         .output()
         .expect("run vantage-demo");
     let text = format!(
@@ -196,6 +200,20 @@ fn help_lists_both_servers() {
     for wanted in ["backend", "frontend", "--listen"] {
         assert!(text.contains(wanted), "--help lacks {wanted}: {text}");
     }
+    let (code, text) = run(&["backend", "--help"]);
+    assert_eq!(code, Some(0), "{text}");
+    for wanted in [
+        "--database-url <URL>",
+        "DEMO_DATABASE_URL",
+        "--db-schema <NAME>",
+        "movieguru_preferences",
+        "[default: public]",
+    ] {
+        assert!(
+            text.contains(wanted),
+            "backend --help lacks {wanted}: {text}"
+        );
+    }
     let (code, text) = run(&["frontend", "--help"]);
     assert_eq!(code, Some(0), "{text}");
     for wanted in ["--backend <URL>", "--name", "DEMO_BACKEND_URL", "x-replica"] {
@@ -204,6 +222,25 @@ fn help_lists_both_servers() {
             "frontend --help lacks {wanted}: {text}"
         );
     }
+}
+
+#[test]
+fn an_unusable_database_stops_the_backend_at_startup_without_printing_the_url() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let url = format!("postgres://postgres:hunter2@{closed}/test");
+    let (code, text) = run(&["backend", "--listen", "127.0.0.1:0", "--database-url", &url]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot connect to the database"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains("listening"), "{text}");
+
+    let (code, text) = run(&["--database-url", &url, "--db-schema", "Bad-Name"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("lowercase"), "{text}");
+    let (code, text) = run(&["--db-schema", "x"]);
+    assert_eq!(code, Some(2), "--db-schema needs --database-url: {text}");
 }
 
 #[tokio::test]
