@@ -62,6 +62,25 @@ pub fn system_server() -> Result<SocketAddr, String> {
         .ok_or_else(|| "no nameserver in /etc/resolv.conf; give `server`".into())
 }
 
+/// The rcode as written in zone files and dig output (`NOERROR`, `NXDOMAIN`).
+pub fn rcode_name(code: hickory_proto::op::ResponseCode) -> String {
+    use hickory_proto::op::ResponseCode as R;
+    match code {
+        R::NoError => "NOERROR".into(),
+        R::FormErr => "FORMERR".into(),
+        R::ServFail => "SERVFAIL".into(),
+        R::NXDomain => "NXDOMAIN".into(),
+        R::NotImp => "NOTIMP".into(),
+        R::Refused => "REFUSED".into(),
+        R::YXDomain => "YXDOMAIN".into(),
+        R::YXRRSet => "YXRRSET".into(),
+        R::NXRRSet => "NXRRSET".into(),
+        R::NotAuth => "NOTAUTH".into(),
+        R::NotZone => "NOTZONE".into(),
+        other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
 fn show(r: &hickory_proto::rr::Record) -> String {
     // Answers as their data (`1.2.3.4`, `mail.example.com.`), as a user writes them.
     r.data.to_string()
@@ -84,7 +103,7 @@ pub async fn run(q: &DnsQuery, ctx: Ctx<'_>) -> Result<DnsResult, ProbeError> {
     }));
     let result = exchange(q, &mut *ctx.rec).await;
     if let (Ok(m), Some(CallDetail::Dns(d))) = (&result, ctx.rec.detail_mut()) {
-        d.rcode = Some(m.metadata.response_code.to_string());
+        d.rcode = Some(rcode_name(m.metadata.response_code));
         d.answers = m.answers.len() as u32;
         d.authorities = m.authorities.len() as u32;
         d.additionals = m.additionals.len() as u32;
@@ -93,7 +112,7 @@ pub async fn run(q: &DnsQuery, ctx: Ctx<'_>) -> Result<DnsResult, ProbeError> {
         .end_call(result.as_ref().err().map(|e| e.kind.as_str().into_owned()));
     let m = result?;
     Ok(DnsResult {
-        rcode: m.metadata.response_code.to_string(),
+        rcode: rcode_name(m.metadata.response_code),
         answers: m.answers.iter().map(show).collect(),
         authorities: m.authorities.iter().map(show).collect(),
         additionals: m.additionals.iter().map(show).collect(),

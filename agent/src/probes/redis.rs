@@ -62,7 +62,7 @@ pub async fn run(check: &RedisCheck, ctx: Ctx<'_>) -> Result<RedisResult, ProbeE
         response_status: None,
         rows: None,
     }));
-    let result = command(check, ctx.vars, &mut *ctx.rec).await;
+    let result = command(check, ctx.vars, ctx.deadline, &mut *ctx.rec).await;
     if let (Err((_, Some(code))), Some(CallDetail::Db(d))) = (&result, ctx.rec.detail_mut()) {
         d.response_status = Some(code.clone());
     }
@@ -81,6 +81,7 @@ pub async fn run(check: &RedisCheck, ctx: Ctx<'_>) -> Result<RedisResult, ProbeE
 async fn command(
     check: &RedisCheck,
     vars: &crate::journey::Vars,
+    deadline: tokio::time::Instant,
     rec: &mut super::Recorder,
 ) -> Result<Value, (ProbeError, Option<String>)> {
     let target = format!("{}:{}", check.server_address, check.server_port);
@@ -104,6 +105,10 @@ async fn command(
                 e.code().map(|c| c.to_string()),
             )
         })?;
+    // The client's own response timeout (500ms by default) would cut a
+    // BLPOP short: the step deadline is the one limit.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    con.set_response_timeout(left + Duration::from_millis(100));
     rec.enter(Phase::Query);
     let mut cmd = redis::cmd(&check.command);
     for a in &args {

@@ -217,7 +217,26 @@ fn server_timeout(check: &SqlCheck, deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// Why the server's limit was what it was, for the timeout message.
+fn limit_text(check: &SqlCheck, sent: Duration) -> String {
+    if sent < check.statement_timeout {
+        format!(
+            "the step deadline (statement limit {}) was reached",
+            humantime::format_duration(Duration::from_millis(sent.as_millis() as u64))
+        )
+    } else {
+        format!(
+            "statement timeout {} reached",
+            humantime::format_duration(check.statement_timeout)
+        )
+    }
+}
+
 fn classify(e: sqlx::Error, phase: Phase, check: &SqlCheck) -> Failed {
+    classify_with(e, phase, check, check.statement_timeout)
+}
+
+fn classify_with(e: sqlx::Error, phase: Phase, check: &SqlCheck, sent: Duration) -> Failed {
     let target = format!("{}:{}", check.server_address, check.server_port);
     match e {
         sqlx::Error::Database(db) => {
@@ -232,9 +251,13 @@ fn classify(e: sqlx::Error, phase: Phase, check: &SqlCheck) -> Failed {
                 Some("57014" | "70100" | "HY000") if is_timeout(&msg) => (
                     ErrorKind::Timeout,
                     format!(
-                        "statement timeout {} reached during the query phase; the server cancelled it ({msg})",
-                        humantime::format_duration(check.statement_timeout)
+                        "{} during the query phase; the server cancelled the statement ({msg})",
+                        limit_text(check, sent)
                     ),
+                ),
+                Some("3D000") => (
+                    ErrorKind::Query,
+                    format!("database does not exist at {target}: {msg}"),
                 ),
                 Some("25006") => (
                     ErrorKind::Query,
@@ -351,7 +374,8 @@ async fn run_pg(
         Ok(r) => r.map_err(|e| classify(e, Phase::Connect, check))?,
     };
     rec.enter(Phase::Query);
-    let ms = server_timeout(check, deadline).as_millis();
+    let sent = server_timeout(check, deadline);
+    let ms = sent.as_millis();
     let setup = format!("SET statement_timeout = {ms}");
     let begin = match check.mode {
         Mode::ReadOnly => "BEGIN READ ONLY",
@@ -374,7 +398,7 @@ async fn run_pg(
         );
         fetch_rows(q.fetch(&mut conn), check.max_rows, decode_pg).await
     };
-    let fetched = fetched.map_err(|e| classify(e, Phase::Query, check))?;
+    let fetched = fetched.map_err(|e| classify_with(e, Phase::Query, check, sent))?;
     if !fetched.truncated {
         let end = if check.mode == Mode::Write {
             "COMMIT"
@@ -411,6 +435,7 @@ async fn run_mysql(
     };
     rec.enter(Phase::Query);
     let limit = server_timeout(check, deadline);
+    let sent = limit;
     // MariaDB's limit is in seconds (fractional); MySQL's is in milliseconds.
     let mariadb = format!(
         "SET SESSION max_statement_time = {:.3}",
@@ -443,7 +468,7 @@ async fn run_mysql(
         );
         fetch_rows(q.fetch(&mut conn), check.max_rows, decode_mysql).await
     };
-    let fetched = fetched.map_err(|e| classify(e, Phase::Query, check))?;
+    let fetched = fetched.map_err(|e| classify_with(e, Phase::Query, check, sent))?;
     if !fetched.truncated {
         let end = if check.mode == Mode::Write {
             "COMMIT"
