@@ -266,7 +266,6 @@ fn browser_options(common: &Common) -> vantage::probes::browser::BrowserOptions 
         chromedriver: common.chromedriver.clone(),
         chromium: common.chromium.clone().or(defaults.chromium),
         max_browsers: common.max_browsers.max(1),
-        ..defaults
     }
 }
 

@@ -356,6 +356,46 @@ macro_rules! bind_all {
     }};
 }
 
+/// Connects within the connect timeout (both drivers).
+macro_rules! connect {
+    ($conn:ty, $opts:expr, $check:expr) => {
+        match tokio::time::timeout($check.connect_timeout, <$conn>::connect_with($opts)).await {
+            Err(_) => return Err(connect_timeout_error($check)),
+            Ok(r) => r.map_err(|e| classify(e, Phase::Connect, $check))?,
+        }
+    };
+}
+
+/// Runs the statement in the open transaction, commits or rolls it back, and
+/// closes the connection (both drivers). A truncated result is abandoned with
+/// its connection: the server rolls the transaction back when the socket
+/// closes.
+macro_rules! run_and_close {
+    ($conn:expr, $check:expr, $vars:expr, $sent:expr, $decode:expr) => {{
+        let q = bind_all!(
+            sqlx::query(sqlx::AssertSqlSafe($check.query.clone())),
+            &$check.params,
+            $vars
+        );
+        let fetched = fetch_rows(q.fetch(&mut $conn), $check.max_rows, $decode)
+            .await
+            .map_err(|e| classify_with(e, Phase::Query, $check, $sent))?;
+        if !fetched.truncated {
+            let end = if $check.mode == Mode::Write {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            sqlx::raw_sql(end)
+                .execute(&mut $conn)
+                .await
+                .map_err(|e| classify(e, Phase::Query, $check))?;
+            let _ = $conn.close().await;
+        }
+        Ok(fetched)
+    }};
+}
+
 async fn run_pg(
     check: &SqlCheck,
     opts: &sqlx::postgres::PgConnectOptions,
@@ -364,19 +404,10 @@ async fn run_pg(
     rec: &mut super::Recorder,
 ) -> Result<Fetched, Failed> {
     rec.enter(Phase::Connect);
-    let mut conn = match tokio::time::timeout(
-        check.connect_timeout,
-        sqlx::PgConnection::connect_with(opts),
-    )
-    .await
-    {
-        Err(_) => return Err(connect_timeout_error(check)),
-        Ok(r) => r.map_err(|e| classify(e, Phase::Connect, check))?,
-    };
+    let mut conn = connect!(sqlx::PgConnection, opts, check);
     rec.enter(Phase::Query);
     let sent = server_timeout(check, deadline);
-    let ms = sent.as_millis();
-    let setup = format!("SET statement_timeout = {ms}");
+    let setup = format!("SET statement_timeout = {}", sent.as_millis());
     let begin = match check.mode {
         Mode::ReadOnly => "BEGIN READ ONLY",
         Mode::Write | Mode::Rollback => "BEGIN",
@@ -390,30 +421,7 @@ async fn run_pg(
     }
     .await;
     result.map_err(|e| classify(e, Phase::Query, check))?;
-    let fetched = {
-        let q = bind_all!(
-            sqlx::query(sqlx::AssertSqlSafe(check.query.clone())),
-            &check.params,
-            vars
-        );
-        fetch_rows(q.fetch(&mut conn), check.max_rows, decode_pg).await
-    };
-    let fetched = fetched.map_err(|e| classify_with(e, Phase::Query, check, sent))?;
-    if !fetched.truncated {
-        let end = if check.mode == Mode::Write {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        sqlx::raw_sql(end)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| classify(e, Phase::Query, check))?;
-        let _ = conn.close().await;
-    }
-    // A truncated result is abandoned with its connection: the server rolls
-    // the transaction back when the socket closes.
-    Ok(fetched)
+    run_and_close!(conn, check, vars, sent, decode_pg)
 }
 
 async fn run_mysql(
@@ -424,29 +432,17 @@ async fn run_mysql(
     rec: &mut super::Recorder,
 ) -> Result<Fetched, Failed> {
     rec.enter(Phase::Connect);
-    let mut conn = match tokio::time::timeout(
-        check.connect_timeout,
-        sqlx::MySqlConnection::connect_with(opts),
-    )
-    .await
-    {
-        Err(_) => return Err(connect_timeout_error(check)),
-        Ok(r) => r.map_err(|e| classify(e, Phase::Connect, check))?,
-    };
+    let mut conn = connect!(sqlx::MySqlConnection, opts, check);
     rec.enter(Phase::Query);
-    let limit = server_timeout(check, deadline);
-    let sent = limit;
+    let sent = server_timeout(check, deadline);
     // MariaDB's limit is in seconds (fractional); MySQL's is in milliseconds.
-    let mariadb = format!(
-        "SET SESSION max_statement_time = {:.3}",
-        limit.as_secs_f64()
-    );
+    let mariadb = format!("SET SESSION max_statement_time = {:.3}", sent.as_secs_f64());
     if sqlx::raw_sql(sqlx::AssertSqlSafe(mariadb))
         .execute(&mut conn)
         .await
         .is_err()
     {
-        let mysql = format!("SET SESSION max_execution_time = {}", limit.as_millis());
+        let mysql = format!("SET SESSION max_execution_time = {}", sent.as_millis());
         sqlx::raw_sql(sqlx::AssertSqlSafe(mysql))
             .execute(&mut conn)
             .await
@@ -460,28 +456,7 @@ async fn run_mysql(
         .execute(&mut conn)
         .await
         .map_err(|e| classify(e, Phase::Query, check))?;
-    let fetched = {
-        let q = bind_all!(
-            sqlx::query(sqlx::AssertSqlSafe(check.query.clone())),
-            &check.params,
-            vars
-        );
-        fetch_rows(q.fetch(&mut conn), check.max_rows, decode_mysql).await
-    };
-    let fetched = fetched.map_err(|e| classify_with(e, Phase::Query, check, sent))?;
-    if !fetched.truncated {
-        let end = if check.mode == Mode::Write {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        sqlx::raw_sql(end)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| classify(e, Phase::Query, check))?;
-        let _ = conn.close().await;
-    }
-    Ok(fetched)
+    run_and_close!(conn, check, vars, sent, decode_mysql)
 }
 
 async fn fetch_rows<R, S>(

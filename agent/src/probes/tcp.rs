@@ -163,10 +163,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if received.len() >= MAX_RECEIVE {
             break;
         }
-        if let Some(marker) = &check.read_until {
-            if String::from_utf8_lossy(&received).contains(marker.as_str()) {
-                break;
-            }
+        if let Some(marker) = &check.read_until
+            && String::from_utf8_lossy(&received).contains(marker.as_str())
+        {
+            break;
         }
     }
     Ok(received)

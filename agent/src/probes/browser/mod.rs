@@ -95,24 +95,24 @@ pub struct TextMatch {
 
 impl TextMatch {
     fn check(&self, got: &str) -> Result<(), String> {
-        if let Some(e) = &self.equals {
-            if got.trim() != e {
-                return Err(format!("expected {e:?}, got {:?}", clip(got)));
-            }
+        if let Some(e) = &self.equals
+            && got.trim() != e
+        {
+            return Err(format!("expected {e:?}, got {:?}", clip(got)));
         }
-        if let Some(c) = &self.contains {
-            if !got.contains(c.as_str()) {
-                return Err(format!("expected it to contain {c:?}, got {:?}", clip(got)));
-            }
+        if let Some(c) = &self.contains
+            && !got.contains(c.as_str())
+        {
+            return Err(format!("expected it to contain {c:?}, got {:?}", clip(got)));
         }
-        if let Some(re) = &self.matches {
-            if !re.is_match(got) {
-                return Err(format!(
-                    "expected it to match /{}/, got {:?}",
-                    re.as_str(),
-                    clip(got)
-                ));
-            }
+        if let Some(re) = &self.matches
+            && !re.is_match(got)
+        {
+            return Err(format!(
+                "expected it to match /{}/, got {:?}",
+                re.as_str(),
+                clip(got)
+            ));
         }
         Ok(())
     }
@@ -439,11 +439,11 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
     });
     if outcome.is_ok() {
         for css in &step.absent {
-            if let Ok(found) = client.find_all(Locator::Css(css)).await {
-                if let Some(el) = found.first() {
-                    let text = el.text().await.unwrap_or_default();
-                    result.present.push((css.clone(), text));
-                }
+            if let Ok(found) = client.find_all(Locator::Css(css)).await
+                && let Some(el) = found.first()
+            {
+                let text = el.text().await.unwrap_or_default();
+                result.present.push((css.clone(), text));
             }
         }
     }
