@@ -141,6 +141,19 @@ async fn run_pinned(
     cancel: &CancellationToken,
     pin: Option<crate::probes::browser::Pin>,
 ) -> JourneyReport {
+    // A browser journey waits for its browser slot before its clock starts:
+    // the wait is lateness, never step time.
+    let mut browser = crate::probes::browser::BrowserSlot::default();
+    let uses_browser = journey
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, crate::probes::Action::Browser(_)));
+    if let (true, Some(driver)) = (uses_browser, env.probes.browser.as_ref()) {
+        tokio::select! {
+            p = driver.reserve() => browser.permit = p,
+            _ = cancel.cancelled() => {}
+        }
+    }
     let trace_id = TraceId::random();
     let span_id = SpanId::random();
     let started_at = SystemTime::now();
@@ -148,7 +161,6 @@ async fn run_pinned(
     let journey_deadline = start + journey.timeout;
     let mut vars = Vars::new();
     let mut cookies = cookie_store::CookieStore::default();
-    let mut browser: Option<crate::probes::browser::Session> = None;
     let mut steps = Vec::with_capacity(journey.steps.len());
     let mut failed_step = None;
     let mut stop = false;
@@ -184,24 +196,22 @@ async fn run_pinned(
         }
         steps.push(report);
     }
-    // A failed browser run keeps a screenshot and the page URL; then the
-    // session is closed, however the run ended.
-    if let Some(session) = browser.take() {
-        if let Some(e) = failed_step
+    // A failed browser run keeps a screenshot and the page URL, unless the
+    // page hung past its deadline: then every WebDriver call would queue
+    // behind the stuck one. The session is closed however the run ended.
+    if let Some(session) = browser.session.take() {
+        let failed = failed_step
             .and_then(|i| steps.get_mut(i))
-            .and_then(|s| s.error.as_mut())
+            .and_then(|s| s.error.as_mut());
+        // A `wait_for` that gave up is a page that answered; a step that hit
+        // its deadline may be a page that does not.
+        if let Some(e) =
+            failed.filter(|e| e.kind != ErrorKind::Timeout || e.message.contains("waited "))
         {
             let name = format!("{trace_id}-{}", journey.name);
-            e.screenshot = crate::probes::browser::failure_screenshot(&session, &name)
-                .await
-                .map(|p| p.display().to_string());
-            if let Some(c) = session.client() {
-                e.page_url = tokio::time::timeout(Duration::from_secs(2), c.current_url())
-                    .await
-                    .ok()
-                    .and_then(|u| u.ok())
-                    .map(|u| journey.redactor.redact(u.as_str()));
-            }
+            let (shot, url) = crate::probes::browser::failure_evidence(&session, &name).await;
+            e.screenshot = shot.map(|p| p.display().to_string());
+            e.page_url = url.map(|u| journey.redactor.redact(&u));
         }
         session.close().await;
     }
@@ -243,7 +253,7 @@ fn skipped(step: &Step) -> StepReport {
 struct RunState<'a> {
     vars: &'a mut Vars,
     cookies: &'a mut cookie_store::CookieStore,
-    browser: &'a mut Option<crate::probes::browser::Session>,
+    browser: &'a mut crate::probes::browser::BrowserSlot,
     pin: &'a Option<crate::probes::browser::Pin>,
 }
 

@@ -170,8 +170,8 @@ pub struct Ctx<'a> {
     pub vars: &'a Vars,
     pub cookies: &'a mut cookie_store::CookieStore,
     pub rec: &'a mut Recorder,
-    /// The run's browser session, opened by its first browser step.
-    pub browser: &'a mut Option<browser::Session>,
+    /// The run's browser slot and session (opened by its first browser step).
+    pub browser: &'a mut browser::BrowserSlot,
     /// Per-replica fan-out: this host connects to this address only.
     pub pin: &'a Option<browser::Pin>,
 }

@@ -105,15 +105,27 @@ impl Driver {
         Ok(url)
     }
 
-    /// A new session with a fresh profile. `pin` maps a host to one address
-    /// (per-replica fan-out) inside the browser's resolver.
-    pub async fn session(&self, pin: Option<(&str, IpAddr)>) -> Result<Session, String> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| "browser pool closed".to_string())?;
+    /// Waits for a browser slot. A run takes it before its clock starts, so
+    /// the wait is lateness, never step time.
+    pub async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// A new session with a fresh profile, in a reserved slot (or a slot
+    /// taken now). `pin` maps a host to one address (per-replica fan-out)
+    /// inside the browser's resolver.
+    pub async fn session(
+        &self,
+        pin: Option<(&str, IpAddr)>,
+        reserved: Option<OwnedSemaphorePermit>,
+    ) -> Result<Session, String> {
+        let permit = match reserved {
+            Some(p) => p,
+            None => self
+                .reserve()
+                .await
+                .ok_or_else(|| "browser pool closed".to_string())?,
+        };
         let url = self.url().await?;
         let profile = tempfile::Builder::new()
             .prefix("vantage-chromium-")
@@ -214,10 +226,12 @@ impl Session {
     }
 
     /// Ends the WebDriver session (which quits Chromium), removes the
-    /// profile, and kills any process still using it.
+    /// profile, and kills any process still using it. A hung page can keep
+    /// chromedriver busy, so the polite close gets two seconds; the kill
+    /// that follows frees chromedriver too.
     pub async fn close(mut self) {
         if let Some(c) = self.client.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
         if let Some(p) = self.profile.take() {
             kill_profile_processes(p.path());
@@ -235,7 +249,7 @@ impl Drop for Session {
         }
         let cleanup = async move {
             if let Some(c) = client {
-                let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
             }
             if let Some(p) = profile {
                 kill_profile_processes(p.path());
@@ -274,4 +288,12 @@ pub fn kill_profile_processes(profile: &std::path::Path) {
                 .status();
         }
     }
+}
+
+/// A run's browser: the slot it reserved before its clock started, and the
+/// session its first browser step opens.
+#[derive(Default)]
+pub struct BrowserSlot {
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub session: Option<Session>,
 }

@@ -28,7 +28,7 @@ use super::{Ctx, ProbeError};
 use crate::journey::{Template, Vars};
 use crate::report::{Call, CallDetail, ErrorKind, HttpCall, Phase, PhaseTimings, SpanId};
 
-pub use driver::{BrowserOptions, Driver, Session};
+pub use driver::{BrowserOptions, BrowserSlot, Driver, Session};
 
 const INSTRUMENT: &str = include_str!("instrument.js");
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -361,10 +361,10 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
             "browser steps need a WebDriver: install chromium-driver or pass --webdriver URL",
         ));
     };
-    if ctx.browser.is_none() {
+    if ctx.browser.session.is_none() {
         let pin = ctx.pin.as_ref().map(|(h, ip)| (h.as_str(), *ip));
         let session = driver
-            .session(pin)
+            .session(pin, ctx.browser.permit.take())
             .await
             .map_err(|e| ProbeError::new(ErrorKind::Browser, None, e))?;
         if let Some(c) = session.client() {
@@ -375,9 +375,15 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
             .await
             .map_err(|e| browser_err("installing page instrumentation", &e))?;
         }
-        *ctx.browser = Some(session);
+        ctx.browser.session = Some(session);
     }
-    let Some(client) = ctx.browser.as_ref().and_then(|s| s.client()).cloned() else {
+    let Some(client) = ctx
+        .browser
+        .session
+        .as_ref()
+        .and_then(|s| s.client())
+        .cloned()
+    else {
         return Err(ProbeError::new(
             ErrorKind::Browser,
             None,
@@ -914,13 +920,20 @@ pub fn save_artifact(name: &str, png: &[u8]) -> Option<PathBuf> {
     Some(path)
 }
 
-/// A screenshot of the current page, for a failed run.
-pub async fn failure_screenshot(session: &Session, name: &str) -> Option<PathBuf> {
-    let png = tokio::time::timeout(Duration::from_secs(5), session.client()?.screenshot())
+/// A screenshot and the URL of the current page, for a failed run, within
+/// one shared budget: a page that hangs must not hold its run much longer.
+pub async fn failure_evidence(session: &Session, name: &str) -> (Option<PathBuf>, Option<String>) {
+    let Some(client) = session.client() else {
+        return (None, None);
+    };
+    let evidence = async {
+        let png = client.screenshot().await.ok();
+        let url = client.current_url().await.ok().map(|u| u.to_string());
+        (png.and_then(|p| save_artifact(name, &p)), url)
+    };
+    tokio::time::timeout(Duration::from_secs(2), evidence)
         .await
-        .ok()?
-        .ok()?;
-    save_artifact(name, &png)
+        .unwrap_or((None, None))
 }
 
 /// The address a fanned-out run pins a host to.
