@@ -100,7 +100,12 @@ async fn sigterm_lets_in_flight_runs_finish_and_flushes_spans() {
         .await
         .unwrap();
     agent.signal("TERM").unwrap();
-    assert_eq!(agent.get("/readyz").await.map(|r| r.0).unwrap_or(503), 503);
+    // Readiness drops as soon as the signal is handled, while the in-flight
+    // run still finishes.
+    agent
+        .wait_for_status("/readyz", 503, Duration::from_secs(5))
+        .await
+        .unwrap();
     let status = agent.wait_exit(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "exit {status:?}; logs:\n{}", agent.logs());
     // The run that was in flight finished (passed, not cancelled) and its

@@ -234,10 +234,30 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
         if let Some(p) = self.profile.take() {
-            kill_profile_processes(p.path());
-            let _ = p.close();
+            remove_profile(p).await;
         }
     }
+}
+
+/// Kills what still uses the profile, waits (bounded) until it is gone —
+/// a dying Chromium still writes into its profile — and removes it.
+async fn remove_profile(profile: tempfile::TempDir) {
+    let path = profile.path().to_path_buf();
+    for _ in 0..30 {
+        if kill_profile_processes(&path) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = profile.keep();
+    for _ in 0..5 {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    warn!(profile = %dir.display(), "could not remove a browser profile directory");
 }
 
 impl Drop for Session {
@@ -252,8 +272,7 @@ impl Drop for Session {
                 let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
             }
             if let Some(p) = profile {
-                kill_profile_processes(p.path());
-                let _ = p.close();
+                remove_profile(p).await;
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -267,11 +286,13 @@ impl Drop for Session {
 
 /// Kills processes whose command line names this profile directory: the
 /// Chromium tree of a session whose chromedriver died or did not clean up.
-pub fn kill_profile_processes(profile: &std::path::Path) {
+/// Returns how many were still alive (zombies have no command line).
+pub fn kill_profile_processes(profile: &std::path::Path) -> usize {
     let needle = format!("--user-data-dir={}", profile.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return 0;
     };
+    let mut alive = 0;
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -281,6 +302,7 @@ pub fn kill_profile_processes(profile: &std::path::Path) {
         };
         let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmd.contains(&needle) {
+            alive += 1;
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .stdout(Stdio::null())
@@ -288,6 +310,7 @@ pub fn kill_profile_processes(profile: &std::path::Path) {
                 .status();
         }
     }
+    alive
 }
 
 /// A run's browser: the slot it reserved before its clock started, and the
