@@ -250,7 +250,7 @@ async fn remove_profile(profile: tempfile::TempDir) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dir = profile.keep();
-    for _ in 0..5 {
+    for _ in 0..20 {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -284,11 +284,14 @@ impl Drop for Session {
     }
 }
 
-/// Kills processes whose command line names this profile directory: the
-/// Chromium tree of a session whose chromedriver died or did not clean up.
+/// Kills processes whose command line names this profile directory (the
+/// Chromium tree and its crash handler) of a session whose chromedriver died
+/// or did not clean up.
 /// Returns how many were still alive (zombies have no command line).
 pub fn kill_profile_processes(profile: &std::path::Path) -> usize {
-    let needle = format!("--user-data-dir={}", profile.display());
+    // Match the path anywhere: Chromium's crashpad handler names it as
+    // `--database=<profile>/Crashpad`, not `--user-data-dir`.
+    let needle = profile.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
