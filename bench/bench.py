@@ -628,12 +628,16 @@ class Harness:
                 "machine": machine_share(m0, m1)}
 
     def write_journeys(self, d: Path, n: int, every: str, url: str, prefix: str = "j") -> None:
+        # At most 5,000 journeys per file: the YAML parser's budget (200,000 nodes per
+        # document) refuses a single file of 20,000.
         d.mkdir(parents=True, exist_ok=True)
-        with open(d / "journeys.yaml", "w") as f:
-            for i in range(n):
-                f.write(f"- name: {prefix}{i:05d}\n  schedule: {{ every: {every} }}\n"
-                        f"  timeout: 5s\n  steps:\n    - name: get\n"
-                        f"      http: {{ url: \"{url}\" }}\n")
+        per_file = 5000
+        for part in range(0, n, per_file):
+            with open(d / f"journeys-{part // per_file:02d}.yaml", "w") as f:
+                for i in range(part, min(n, part + per_file)):
+                    f.write(f"- name: {prefix}{i:05d}\n  schedule: {{ every: {every} }}\n"
+                            f"  timeout: 5s\n  steps:\n    - name: get\n"
+                            f"      http: {{ url: \"{url}\" }}\n")
 
     def start_vantage(self, name: str, journeys: Path, telemetry: bool, concurrency: int = 256):
         port = free_port()
@@ -1067,6 +1071,9 @@ class Harness:
         self.start_target()
         self.sink, sink_port = self.helper("sink")
         self.sink_url = f"http://127.0.0.1:{sink_port}"
+        broken = []
+        rows_of = {"1": ["1a-bb", "1a-wrk", "1b-bb", "1b-wrk"], "2": ["2"], "3": ["3a", "3b", "4a", "4b"],
+                   "5": ["5a", "5b", "5c"], "6": ["6"]}
         try:
             for fig, fn in (("1", self.fig1), ("2", self.fig2), ("3", self.fig34),
                             ("5", self.fig5), ("6", self.fig6)):
@@ -1075,7 +1082,16 @@ class Harness:
                 if fig != "3" and not self.want(fig):
                     continue
                 self.raw.setdefault("loadavg", {})[fig] = open("/proc/loadavg").read().split()[:3]
-                fn()
+                try:
+                    fn()
+                except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+                    # One broken figure must not hide the others; the exit status says it.
+                    broken.append(fig)
+                    self.note(f"figure {fig} could not run: {e} (logs in {self.logs})")
+                    for rid in rows_of[fig]:
+                        self.rows.setdefault(rid, {"id": rid, "what": "could not run (see notes)",
+                                                   "vantage": "error", "baseline": "—", "ratio": "—",
+                                                   "target": "—", "met": "—"})
         finally:
             stop(self.target)
             stop(self.sink)
@@ -1092,6 +1108,9 @@ class Harness:
         out_dir.mkdir(exist_ok=True)
         with open(out_dir / ("smoke.json" if self.args.smoke else "latest.json"), "w") as f:
             json.dump({"rows": self.rows, "notes": self.notes, "raw": self.raw}, f, indent=1, default=str)
+        if broken:
+            say(f"figures {', '.join(broken)} could not run; {HERE / 'RESULTS.md'} left as it was")
+            return 1
         if not self.args.smoke and self.only is None:
             self.write_results(table, meta)
         return 0
