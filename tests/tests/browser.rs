@@ -287,9 +287,22 @@ async fn wait_until_gone(profiles: &BTreeSet<String>, pids: &BTreeSet<u32>) -> V
     }
 }
 
+/// Profiles are removed when the session closes; a session whose start was
+/// cut short by a deadline is cleaned up in the background, so allow a
+/// bounded moment before calling a directory leaked.
 fn assert_profiles_removed(profiles: &BTreeSet<String>) {
-    let left: Vec<&String> = profiles.iter().filter(|d| Path::new(d).exists()).collect();
-    assert!(left.is_empty(), "profile directories left behind: {left:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<&String> = profiles.iter().filter(|d| Path::new(d).exists()).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "profile directories left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -61,6 +61,10 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--no-default-browser-check",
     "--disable-extensions",
     "--disable-quic",
+    // No crash reporter: its self-monitoring handler outlives a killed
+    // browser and writes into the profile after it is removed.
+    "--disable-crash-reporter",
+    "--disable-breakpad",
     "--window-size=1280,900",
 ];
 
