@@ -295,6 +295,21 @@ def proc_stat() -> list[int]:
         return [int(x) for x in f.readline().split()[1:9]]
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections a full accept queue turned away (any listener on
+    the machine): each one costs a client a SYN or ACK retransmission, a second or more."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            if names.startswith("TcpExt:"):
+                table = dict(zip(names.split()[1:], values.split()[1:]))
+                return int(table.get("ListenOverflows", 0))
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def machine_share(a: list[int], b: list[int]) -> str:
     """How busy the whole machine was between two proc_stat() samples: the share of
     (v)CPU time that was idle and the share the hypervisor stole."""
@@ -618,14 +633,18 @@ class Harness:
     def count_window(self, pid: int, seconds: float) -> dict:
         """CPU of `pid` and probes completed at the target over `seconds`."""
         c0 = self.target_count()
-        cpu0, t0, m0 = cpu_seconds(pid), time.monotonic(), proc_stat()
+        cpu0, t0, m0, o0 = cpu_seconds(pid), time.monotonic(), proc_stat(), listen_overflows()
         time.sleep(seconds)
-        cpu1, t1, m1 = cpu_seconds(pid), time.monotonic(), proc_stat()
+        cpu1, t1, m1, o1 = cpu_seconds(pid), time.monotonic(), proc_stat(), listen_overflows()
         c1 = self.target_count()
         probes = max(0, c1 - c0 - 1)  # the first /metrics scrape is itself counted
+        overflows = o1 - o0
+        machine = machine_share(m0, m1)
+        if overflows:
+            machine += f", {overflows} listen-queue overflows"
         return {"cpu": cpu1 - cpu0, "wall": t1 - t0, "probes": probes,
                 "rate": probes / (t1 - t0), "rss": rss_bytes(pid)[0],
-                "machine": machine_share(m0, m1)}
+                "machine": machine, "listen_overflows": overflows}
 
     def write_journeys(self, d: Path, n: int, every: str, url: str, prefix: str = "j") -> None:
         # At most 5,000 journeys per file: the YAML parser's budget (200,000 nodes per
@@ -1101,7 +1120,7 @@ class Harness:
         print(table)
         for n in self.notes:
             print(f"- {n}")
-        print(f"\n(total {elapsed:.0f} s; logs in {self.logs})")
+        print(f"\n(total {elapsed:.0f} s" + ("" if self.args.smoke else f"; logs in {self.logs}") + ")")
         meta = self.machine(started, elapsed)
         self.raw["meta"] = meta
         out_dir = HERE / "out"
@@ -1113,6 +1132,9 @@ class Harness:
             return 1
         if not self.args.smoke and self.only is None:
             self.write_results(table, meta)
+        if self.args.smoke:
+            # CI runs this often; a passing smoke leaves nothing behind in /tmp.
+            shutil.rmtree(self.work, ignore_errors=True)
         return 0
 
     def table(self) -> str:
