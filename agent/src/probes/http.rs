@@ -619,6 +619,28 @@ pub fn format_bytes(n: u64) -> String {
     }
 }
 
+/// The web's roots plus the CA certificates of `extra_ca` (PEM), for every
+/// verifying TLS client (HTTP, TCP, TLS steps).
+pub fn root_store(extra_ca: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca {
+        use rustls::pki_types::pem::PemObject;
+        let mut added = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no certificates found in the CA file".into());
+        }
+    }
+    Ok(roots)
+}
+
 /// A TLS client configuration: webpki roots plus `extra_ca` (PEM), or no
 /// verification at all when `insecure`. ALPN offers h2 and http/1.1.
 pub fn tls_config(extra_ca: Option<&[u8]>, insecure: bool) -> Result<rustls::ClientConfig, String> {
@@ -632,22 +654,7 @@ pub fn tls_config(extra_ca: Option<&[u8]>, insecure: bool) -> Result<rustls::Cli
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth()
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(pem) = extra_ca {
-            use rustls::pki_types::pem::PemObject;
-            let mut added = 0;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("unusable CA certificate: {e}"))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err("no certificates found in the CA file".into());
-            }
-        }
+        let roots = root_store(extra_ca)?;
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -18,7 +18,7 @@ pub mod tcp;
 pub mod tls;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
@@ -271,10 +271,6 @@ impl Recorder {
         if self.open.is_some() {
             self.end_call(Some(kind.as_str().into_owned()));
         }
-    }
-
-    pub fn total_phase_time(&self) -> Duration {
-        self.calls.iter().map(|c| c.duration).sum()
     }
 }
 

@@ -119,22 +119,7 @@ pub fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<i64> {
 
 /// A webpki verifier with the platform's web roots plus `extra_ca` (PEM).
 pub fn verifier(extra_ca: Option<&[u8]>) -> Result<Arc<dyn ServerCertVerifier>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = extra_ca {
-        use rustls::pki_types::pem::PemObject;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("unusable CA certificate: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err("no certificates found in the CA file".into());
-        }
-    }
+    let roots = super::http::root_store(extra_ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
