@@ -111,7 +111,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let bound = listener.local_addr().unwrap_or(opts.listen);
     let server_stop = CancellationToken::new();
     let app = router(ServerState {
-        prom: telemetry.prom.clone(),
+        metrics: telemetry.metrics.clone(),
         ready: ready.clone(),
     });
     let server = {

@@ -218,11 +218,11 @@ impl Scheduler {
             next.insert(j.name.clone(), entry);
         }
         for gone in entries.keys() {
-            self.telemetry.prom.forget(gone);
+            self.telemetry.metrics.forget(gone);
             info!(journey = %gone, "journey removed");
         }
         *entries = next;
-        self.telemetry.prom.set_journeys(entries.len());
+        self.telemetry.metrics.set_journeys(entries.len());
     }
 
     fn fire_due(
@@ -278,7 +278,11 @@ impl Scheduler {
                 };
                 let lateness = SystemTime::now().duration_since(due).unwrap_or_default();
                 telemetry.record_lateness(lateness);
-                for report in runner::run_all(&journey, &env, Some(lateness), &cancel).await {
+                // Boxed: the run's state is large, and a spawned future is
+                // moved by value; a waiting run then holds only a pointer.
+                let reports =
+                    Box::pin(runner::run_all(&journey, &env, Some(lateness), &cancel)).await;
+                for report in reports {
                     log_report(&report);
                     telemetry.record(&report);
                 }

@@ -13,12 +13,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::telemetry::Prom;
-use crate::telemetry::prometheus::{CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::telemetry::MetricStore;
+use crate::telemetry::prometheus::{self, CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 #[derive(Clone)]
 pub struct ServerState {
-    pub prom: Arc<Prom>,
+    pub metrics: Arc<MetricStore>,
     /// True once journeys are scheduled; false again while shutting down.
     pub ready: Arc<AtomicBool>,
 }
@@ -52,13 +52,31 @@ async fn metrics(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    if wants_om {
-        ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.prom.encode())
-    } else {
-        (
-            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
-            s.prom.encode_text(),
+    // Encoding a large agent takes a while: keep it off the runtime's
+    // worker threads, where runs are being timed.
+    let store = s.metrics.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        if wants_om {
+            prometheus::encode(&store)
+        } else {
+            prometheus::encode_text(&store)
+        }
+    })
+    .await;
+    match body {
+        Ok(body) => {
+            let ct = if wants_om {
+                CONTENT_TYPE
+            } else {
+                TEXT_CONTENT_TYPE
+            };
+            ([(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics encoding failed\n",
         )
+            .into_response(),
     }
 }
 
@@ -79,7 +97,7 @@ mod tests {
 
     fn state(ready: bool) -> ServerState {
         ServerState {
-            prom: Arc::new(Prom::new()),
+            metrics: Arc::new(MetricStore::new()),
             ready: Arc::new(AtomicBool::new(ready)),
         }
     }
@@ -129,7 +147,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_negotiates_openmetrics_or_classic_text() {
         let s = state(true);
-        s.prom.skipped("j");
+        s.metrics.skipped("j");
         let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         let (status, ct, body) = get_accept(s.clone(), "/metrics", prometheus_accept).await;
         assert_eq!(status, StatusCode::OK);

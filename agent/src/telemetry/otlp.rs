@@ -8,31 +8,23 @@
 //! minute; failed batches are kept and retried with backoff, so export
 //! resumes by itself when the collector returns.
 //!
-//! Metrics: the SDK's cumulative instruments and `PeriodicReader`; a wrapper
-//! around the exporter counts failures and runs the export on the agent's
-//! tokio runtime (the reader exports from a thread of its own).
+//! Metrics: `otlp_metrics.rs` exports the metric store periodically.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{
-    Instrument, PeriodicReader, SdkMeterProvider, Stream, Temporality,
-};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::names;
-use super::prometheus::Prom;
+use super::otlp_metrics::MetricExport;
+use super::store::MetricStore;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -102,18 +94,18 @@ impl OtlpConfig {
 }
 
 /// Logs an export problem at most once a minute.
-struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     last: Mutex<Option<Instant>>,
 }
 
 impl RateLimitedLog {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RateLimitedLog {
             last: Mutex::new(None),
         }
     }
 
-    fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let Ok(mut last) = self.last.lock() else {
             return false;
         };
@@ -126,31 +118,23 @@ impl RateLimitedLog {
     }
 }
 
-pub struct Instruments {
-    pub journey_duration: Histogram<f64>,
-    pub step_duration: Histogram<f64>,
-    pub http_duration: Histogram<f64>,
-    pub db_duration: Histogram<f64>,
-    pub lateness: Histogram<f64>,
-    pub skipped: Counter<u64>,
-    pub dropped: Counter<u64>,
-}
-
 pub struct Otlp {
     spans: Option<mpsc::Sender<Vec<SpanData>>>,
     worker: Option<tokio::task::JoinHandle<()>>,
-    provider: Option<SdkMeterProvider>,
-    pub instruments: Option<Instruments>,
+    metrics: Option<MetricExport>,
 }
 
 impl Otlp {
     /// Builds the exporters. Must be called inside the tokio runtime.
-    pub fn start(cfg: &OtlpConfig, resource: Resource, prom: Arc<Prom>) -> Result<Otlp, String> {
+    pub fn start(
+        cfg: &OtlpConfig,
+        resource: Resource,
+        store: Arc<MetricStore>,
+    ) -> Result<Otlp, String> {
         let mut otlp = Otlp {
             spans: None,
             worker: None,
-            provider: None,
-            instruments: None,
+            metrics: None,
         };
         let endpoint = |path: &str| {
             cfg.endpoint.as_ref().map(|e| match cfg.protocol {
@@ -184,116 +168,23 @@ impl Otlp {
             otlp.worker = Some(tokio::spawn(span_worker(
                 exporter,
                 rx,
-                prom.clone(),
+                store.clone(),
                 cfg.queue_spans,
             )));
             otlp.spans = Some(tx);
         }
         if cfg.metrics {
-            let exporter = match cfg.protocol {
-                Protocol::Grpc => {
-                    let mut b = opentelemetry_otlp::MetricExporter::builder().with_tonic();
-                    if let Some(e) = endpoint("") {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-                Protocol::HttpProtobuf => {
-                    let mut b = opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                    if let Some(e) = endpoint("/v1/metrics") {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-            }
-            .map_err(|e| format!("cannot build the OTLP metric exporter: {e}"))?;
-            let exporter = OnRuntime {
-                inner: exporter,
-                handle: tokio::runtime::Handle::current(),
-                prom: prom.clone(),
-                log: RateLimitedLog::new(),
-            };
-            let mut reader = PeriodicReader::builder(exporter);
-            if let Some(i) = cfg.metric_interval {
-                reader = reader.with_interval(i);
-            }
-            let provider = SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(reader.build())
-                // One series per journey and step: far above the SDK's
-                // default limit of 2000 on a large agent.
-                .with_view(|_: &Instrument| {
-                    Stream::builder()
-                        .with_cardinality_limit(200_000)
-                        .build()
-                        .ok()
-                })
-                .build();
-            let meter = opentelemetry::metrics::MeterProvider::meter_with_scope(
-                &provider,
-                super::spans::scope(),
-            );
-            let hist = |name: &'static str, desc: &'static str, b: &[f64]| {
-                meter
-                    .f64_histogram(name)
-                    .with_unit("s")
-                    .with_description(desc)
-                    .with_boundaries(b.to_vec())
-                    .build()
-            };
-            otlp.instruments = Some(Instruments {
-                journey_duration: hist(
-                    names::JOURNEY_DURATION,
-                    "Duration of journey runs",
-                    names::JOURNEY_BUCKETS,
-                ),
-                step_duration: hist(
-                    names::STEP_DURATION,
-                    "Duration of journey steps",
-                    names::JOURNEY_BUCKETS,
-                ),
-                http_duration: hist(
-                    names::HTTP_CLIENT_DURATION,
-                    "Duration of HTTP client requests.",
-                    names::HTTP_BUCKETS,
-                ),
-                db_duration: hist(
-                    names::DB_CLIENT_DURATION,
-                    "Duration of database client operations.",
-                    names::HTTP_BUCKETS,
-                ),
-                lateness: hist(
-                    names::SCHEDULE_LATENESS,
-                    "How late runs started against their schedule",
-                    names::LATENESS_BUCKETS,
-                ),
-                skipped: meter
-                    .u64_counter(names::SCHEDULE_SKIPPED)
-                    .with_unit("{tick}")
-                    .with_description("Ticks skipped because the previous run was still going")
-                    .build(),
-                dropped: meter
-                    .u64_counter(names::TELEMETRY_DROPPED)
-                    .with_unit("{span}")
-                    .with_description("Spans dropped because the export queue was full")
-                    .build(),
-            });
-            otlp.provider = Some(provider);
+            otlp.metrics = Some(MetricExport::start(cfg, &resource, store)?);
         }
         Ok(otlp)
     }
 
     /// Queues a run's spans; never waits. A full channel counts as dropped.
-    pub fn send_spans(&self, spans: Vec<SpanData>, prom: &Prom) {
+    pub fn send_spans(&self, spans: Vec<SpanData>, store: &MetricStore) {
         let Some(tx) = &self.spans else { return };
         let n = spans.len() as u64;
         if tx.try_send(spans).is_err() {
-            prom.dropped("traces", n);
-            if let Some(i) = &self.instruments {
-                i.dropped.add(n, &[]);
-            }
+            store.dropped("traces", n);
         }
     }
 
@@ -305,53 +196,57 @@ impl Otlp {
         {
             warn!(grace = ?grace, "span export did not finish within the grace period; unsent spans are lost");
         }
-        if let Some(provider) = self.provider.take() {
-            // The SDK's shutdown blocks while the reader thread exports.
-            let done = tokio::task::spawn_blocking(move || provider.shutdown());
-            match tokio::time::timeout(grace, done).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => warn!(error = %e, "final metric export failed"),
-                _ => warn!("final metric export did not finish within the grace period"),
-            }
+        if let Some(m) = self.metrics.take() {
+            m.shutdown(grace).await;
         }
     }
 }
 
+/// Spans per export request.
 const BATCH: usize = 512;
+/// How long a partial batch waits for company.
+const LINGER: Duration = Duration::from_millis(200);
 
 async fn span_worker(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<Vec<SpanData>>,
-    prom: Arc<Prom>,
+    prom: Arc<MetricStore>,
     cap: usize,
 ) {
     let mut pending: VecDeque<SpanData> = VecDeque::new();
     let mut backoff = Duration::from_secs(1);
     let mut retry_at = Instant::now();
+    // When the oldest pending span arrived: a batch leaves when it is full
+    // or has waited `LINGER`, so a busy agent sends one request per
+    // `BATCH` spans instead of one per run.
+    let mut oldest: Option<Instant> = None;
     let log = RateLimitedLog::new();
     let mut open = true;
     let mut failing = false;
     while open || !pending.is_empty() {
         if open {
-            let wait = if pending.is_empty() {
-                Duration::from_secs(3600)
-            } else if pending.len() >= BATCH {
-                retry_at.saturating_duration_since(Instant::now())
-            } else {
-                // Small batches wait briefly for company.
+            let due = if pending.len() >= BATCH {
                 retry_at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(200))
+            } else {
+                match oldest {
+                    Some(t) => (t + LINGER).max(retry_at),
+                    None => Instant::now() + Duration::from_secs(3600),
+                }
             };
-            tokio::select! {
-                batch = rx.recv() => match batch {
-                    Some(b) => pending.extend(b),
-                    None => open = false,
-                },
-                _ = tokio::time::sleep(wait) => {}
+            if Instant::now() < due {
+                tokio::select! {
+                    batch = rx.recv() => match batch {
+                        Some(b) => pending.extend(b),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(due) => {}
+                }
             }
             while let Ok(b) = rx.try_recv() {
                 pending.extend(b);
+            }
+            if oldest.is_none() && !pending.is_empty() {
+                oldest = Some(Instant::now());
             }
         }
         if pending.len() > cap {
@@ -366,7 +261,9 @@ async fn span_worker(
                 );
             }
         }
-        if pending.is_empty() || (open && Instant::now() < retry_at) {
+        let now = Instant::now();
+        let ready = pending.len() >= BATCH || oldest.is_some_and(|t| now >= t + LINGER);
+        if pending.is_empty() || (open && (now < retry_at || !ready)) {
             continue;
         }
         while !pending.is_empty() {
@@ -407,45 +304,9 @@ async fn span_worker(
                 }
             }
         }
-    }
-}
-
-/// Runs a metric export on the agent's runtime and counts failures.
-struct OnRuntime<E> {
-    inner: E,
-    handle: tokio::runtime::Handle,
-    prom: Arc<Prom>,
-    log: RateLimitedLog,
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        // The periodic reader calls us from its own thread, outside tokio;
-        // hyper's client needs the runtime's reactor.
-        let result = if tokio::runtime::Handle::try_current().is_ok() {
-            self.inner.export(metrics).await
-        } else {
-            self.handle.block_on(self.inner.export(metrics))
-        };
-        if let Err(e) = &result {
-            self.prom.export_failed("metrics");
-            if self.log.allow() {
-                warn!(error = %e, "metric export failed; the next export carries the cumulative totals");
-            }
+        if pending.is_empty() {
+            oldest = None;
         }
-        result
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
     }
 }
 

@@ -1,501 +1,480 @@
-//! The `/metrics` exposition: blackbox_exporter-compatible `probe_*` series
-//! (so existing dashboards and alert rules keep working) and Vantage's own
-//! histograms in OpenMetrics, with exemplars that carry the run's trace id.
+//! The `/metrics` exposition of the [`MetricStore`]: blackbox_exporter-
+//! compatible `probe_*` series (so existing dashboards and alert rules keep
+//! working) and Vantage's own histograms in OpenMetrics, with exemplars that
+//! carry the run's trace id.
 //!
-//! Labels are bounded by configuration: journey, step, location, the
-//! journey's own labels, phase and `error_type` from the documented set.
+//! Labels are bounded by configuration: journey, step, location, address,
+//! the journey's own labels, phase and `error_type` from the documented set.
 //! Never a URL, a run id or a trace id (trace ids ride on exemplars only).
+//!
+//! The text is written here rather than through `prometheus-client`: that
+//! crate's families own their series' state (a label vector and a histogram
+//! per series, kilobytes per journey), and its `Exemplar` cannot be built
+//! from state kept elsewhere. The format is small, and `promtool` checks our
+//! output in the tests.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::fmt::Write;
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::exemplar::HistogramWithExemplars;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use super::store::{Exemplar, Hist, HistKey, JourneyState, MetricStore, lock};
+use crate::report::Phase;
 
-use super::names;
-use crate::report::{CallDetail, JourneyReport, Phase};
+/// One label: name and value (escaped when written).
+type Label<'a> = (&'a str, &'a str);
 
-type Labels = Vec<(String, String)>;
-type FGauge = Gauge<f64, AtomicU64>;
-type ExHistogram = HistogramWithExemplars<Labels>;
-
-#[derive(Clone)]
-struct Buckets(&'static [f64]);
-
-impl MetricConstructor<ExHistogram> for Buckets {
-    fn new_metric(&self) -> ExHistogram {
-        HistogramWithExemplars::new(self.0.iter().copied())
+/// Writes an OpenMetrics float: shortest round-trip form, `+Inf`, `NaN`.
+fn float(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v:?}");
     }
 }
 
-pub struct Prom {
-    registry: Registry,
-    probe_success: Family<Labels, Gauge>,
-    probe_duration: Family<Labels, FGauge>,
-    probe_http_duration: Family<Labels, FGauge>,
-    probe_http_status: Family<Labels, Gauge>,
-    probe_http_ssl: Family<Labels, Gauge>,
-    probe_http_redirects: Family<Labels, Gauge>,
-    journey_duration: Family<Labels, ExHistogram, Buckets>,
-    step_duration: Family<Labels, ExHistogram, Buckets>,
-    http_duration: Family<Labels, ExHistogram, Buckets>,
-    db_duration: Family<Labels, ExHistogram, Buckets>,
-    probe_ssl_expiry: Family<Labels, FGauge>,
-    probe_tls_version: Family<Labels, Gauge>,
-    probe_dns_lookup: Family<Labels, FGauge>,
-    probe_dns_answers: Family<Labels, Gauge>,
-    probe_dns_authorities: Family<Labels, Gauge>,
-    probe_dns_additionals: Family<Labels, Gauge>,
-    skipped: Family<Labels, Counter>,
-    lateness: Histogram,
-    dropped: Family<Labels, Counter>,
-    export_failures: Family<Labels, Counter>,
-    journeys: Gauge,
-    /// Label sets written per journey, so a removed journey's series go too.
-    written: Mutex<BTreeMap<String, Vec<(Series, Labels)>>>,
-}
-
-#[derive(Clone, Copy)]
-enum Series {
-    Success,
-    Duration,
-    HttpDuration,
-    HttpStatus,
-    HttpSsl,
-    HttpRedirects,
-    SslExpiry,
-    TlsVersion,
-    DnsLookup,
-    DnsAnswers,
-    DnsAuthorities,
-    DnsAdditionals,
-}
-
-fn journey_labels(r: &JourneyReport) -> Labels {
-    let mut l = vec![
-        ("journey".to_string(), r.journey.to_string()),
-        ("location".to_string(), r.location.to_string()),
-    ];
-    if let Some(a) = &r.address {
-        l.push(("address".to_string(), a.clone()));
+fn escape(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
-    l.extend(r.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+fn labels(out: &mut String, ls: &[Label<'_>], extra: Option<Label<'_>>) {
+    if ls.is_empty() && extra.is_none() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in ls.iter().chain(extra.as_ref()).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape(out, v);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str, unit: Option<&str>) {
+    let _ = writeln!(out, "# HELP {name} {help}.");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    if let Some(u) = unit {
+        let _ = writeln!(out, "# UNIT {name} {u}");
+    }
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    ls: &[Label<'_>],
+    value: impl FnOnce(&mut String),
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    labels(out, ls, None);
+    out.push(' ');
+    value(out);
+    out.push('\n');
+}
+
+fn exemplar(out: &mut String, e: &Exemplar) {
+    out.push_str(" # {trace_id=\"");
+    out.push_str(&e.trace_id.to_string());
+    out.push_str("\"} ");
+    float(out, e.value);
+}
+
+fn histogram(out: &mut String, name: &str, ls: &[Label<'_>], h: &Hist) {
+    sample(out, name, "_sum", ls, |o| float(o, h.sum));
+    sample(out, name, "_count", ls, |o| {
+        let _ = write!(o, "{}", h.count);
+    });
+    let mut cumulative = 0u64;
+    let mut le = String::new();
+    for (i, n) in h.counts.iter().enumerate() {
+        cumulative += n;
+        le.clear();
+        match h.bounds.get(i) {
+            Some(b) => float(&mut le, *b),
+            None => le.push_str("+Inf"),
+        }
+        out.push_str(name);
+        out.push_str("_bucket");
+        labels(out, ls, Some(("le", &le)));
+        let _ = write!(out, " {cumulative}");
+        if let Some(e) = h.exemplars.iter().find(|e| usize::from(e.bucket) == i) {
+            exemplar(out, e);
+        }
+        out.push('\n');
+    }
+}
+
+/// The labels every `probe_*` series of a journey carries.
+fn base<'a>(name: &'a str, st: &'a JourneyState, address: Option<&'a str>) -> Vec<Label<'a>> {
+    let mut l = vec![("journey", name), ("location", &*st.location)];
+    if let Some(a) = address {
+        l.push(("address", a));
+    }
+    l.extend(st.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     l
 }
 
-impl Prom {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let probe_success = Family::<Labels, Gauge>::default();
-        registry.register(
+/// Which histogram family a series belongs to on `/metrics`.
+#[derive(Clone, Copy, PartialEq)]
+enum Family {
+    Journey,
+    Step,
+    Http,
+    Db,
+}
+
+impl Family {
+    fn of(k: &HistKey) -> Family {
+        match k {
+            HistKey::Journey => Family::Journey,
+            HistKey::Step { .. } => Family::Step,
+            HistKey::Http { .. } => Family::Http,
+            HistKey::Db { .. } => Family::Db,
+        }
+    }
+}
+
+/// Writes one histogram family. OTLP keys some series finer (server
+/// address, port, status) than these labels, so series whose labels come
+/// out equal are merged first.
+fn hist_family(out: &mut String, name: &str, st: &JourneyState, journey: &str, fam: Family) {
+    let mut merged: Vec<(Vec<Label<'_>>, Hist)> = Vec::new();
+    for s in st.hists.iter().filter(|s| Family::of(&s.key) == fam) {
+        let error = s.error.as_deref().unwrap_or("");
+        let mut l: Vec<Label<'_>> = match &s.key {
+            HistKey::Journey => base(journey, st, s.address.as_deref()),
+            HistKey::Step { step } | HistKey::Http { step, .. } | HistKey::Db { step, .. } => {
+                let mut l = vec![
+                    ("journey", journey),
+                    ("step", &**step),
+                    ("location", &*st.location),
+                ];
+                if let Some(a) = &s.address {
+                    l.push(("address", a));
+                }
+                l
+            }
+        };
+        match &s.key {
+            HistKey::Http { method, .. } => l.push(("method", method)),
+            HistKey::Db {
+                system, operation, ..
+            } => {
+                l.push(("db_system", system));
+                l.push(("operation", operation));
+            }
+            _ => {}
+        }
+        l.push(("error_type", error));
+        match merged.iter_mut().find(|(m, _)| *m == l) {
+            Some((_, h)) => h.merge(&s.hist),
+            None => merged.push((l, s.hist.clone())),
+        }
+    }
+    for (l, h) in &merged {
+        histogram(out, name, l, h);
+    }
+}
+
+/// The OpenMetrics text of every series.
+pub fn encode(store: &MetricStore) -> String {
+    let journeys = store.journeys();
+    // About 3 KB of text per simple journey.
+    let mut out = String::with_capacity(4096 + journeys.len() * 3072);
+    // One pass per family, as the format groups samples by family; each
+    // journey is locked briefly in every pass, never for the whole scrape.
+    type Gauge = fn(&mut String, &[Label<'_>], &super::store::ProbeState);
+    let gauges: [(&str, &str, Gauge); 6] = [
+        (
             "probe_success",
             "Whether the journey's last run succeeded (1) or failed (0)",
-            probe_success.clone(),
-        );
-        let probe_duration = Family::<Labels, FGauge>::default();
-        registry.register(
+            |o, l, p| {
+                sample(o, "probe_success", "", l, |o| {
+                    o.push(if p.success { '1' } else { '0' })
+                })
+            },
+        ),
+        (
             "probe_duration_seconds",
             "How long the journey's last run took to complete in seconds",
-            probe_duration.clone(),
-        );
-        let probe_http_duration = Family::<Labels, FGauge>::default();
-        registry.register(
+            |o, l, p| sample(o, "probe_duration_seconds", "", l, |o| float(o, p.duration)),
+        ),
+        (
             "probe_http_duration_seconds",
             "Duration of the last run's HTTP requests by phase, summed over all requests (redirects included)",
-            probe_http_duration.clone(),
-        );
-        let probe_http_status = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(h) = &p.http {
+                    for (i, ph) in Phase::HTTP.iter().enumerate() {
+                        let mut l = l.to_vec();
+                        l.push(("phase", ph.as_str()));
+                        sample(o, "probe_http_duration_seconds", "", &l, |o| {
+                            float(o, h.phases[i])
+                        });
+                    }
+                }
+            },
+        ),
+        (
             "probe_http_status_code",
             "Response HTTP status code of the last run's last HTTP request (0 when none arrived)",
-            probe_http_status.clone(),
-        );
-        let probe_http_ssl = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(h) = &p.http {
+                    sample(o, "probe_http_status_code", "", l, |o| {
+                        let _ = write!(o, "{}", h.status);
+                    })
+                }
+            },
+        ),
+        (
             "probe_http_ssl",
             "Whether the last run's last HTTP request used TLS",
-            probe_http_ssl.clone(),
-        );
-        let probe_http_redirects = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(h) = &p.http {
+                    sample(o, "probe_http_ssl", "", l, |o| {
+                        o.push(if h.ssl { '1' } else { '0' })
+                    })
+                }
+            },
+        ),
+        (
             "probe_http_redirects",
             "The number of redirects in the last run's HTTP steps",
-            probe_http_redirects.clone(),
-        );
-        let journey_duration = Family::new_with_constructor(Buckets(names::JOURNEY_BUCKETS));
-        registry.register_with_unit(
-            "vantage_journey_duration",
-            "Duration of journey runs",
-            Unit::Seconds,
-            journey_duration.clone(),
-        );
-        let step_duration = Family::new_with_constructor(Buckets(names::JOURNEY_BUCKETS));
-        registry.register_with_unit(
-            "vantage_step_duration",
-            "Duration of journey steps",
-            Unit::Seconds,
-            step_duration.clone(),
-        );
-        let http_duration = Family::new_with_constructor(Buckets(names::HTTP_BUCKETS));
-        registry.register_with_unit(
-            "vantage_http_client_request_duration",
-            "Duration of HTTP requests made by journeys (semconv http.client.request.duration)",
-            Unit::Seconds,
-            http_duration.clone(),
-        );
-        let db_duration = Family::new_with_constructor(Buckets(names::HTTP_BUCKETS));
-        registry.register_with_unit(
-            "vantage_db_client_operation_duration",
-            "Duration of database operations made by journeys (semconv db.client.operation.duration)",
-            Unit::Seconds,
-            db_duration.clone(),
-        );
-        let probe_ssl_expiry = Family::<Labels, FGauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(h) = &p.http {
+                    sample(o, "probe_http_redirects", "", l, |o| {
+                        let _ = write!(o, "{}", h.redirects);
+                    })
+                }
+            },
+        ),
+    ];
+    let late_gauges: [(&str, &str, Gauge); 6] = [
+        (
             "probe_ssl_earliest_cert_expiry",
             "Returns last SSL chain expiry in unixtime (earliest notAfter of the last run's chains)",
-            probe_ssl_expiry.clone(),
-        );
-        let probe_tls_version = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(t) = p.ssl_expiry {
+                    sample(o, "probe_ssl_earliest_cert_expiry", "", l, |o| {
+                        float(o, t as f64)
+                    })
+                }
+            },
+        ),
+        (
             "probe_tls_version_info",
             "Returns the TLS version used or NaN when unknown",
-            probe_tls_version.clone(),
-        );
-        let probe_dns_lookup = Family::<Labels, FGauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(v) = &p.tls_version {
+                    let mut l = l.to_vec();
+                    l.push(("version", v));
+                    sample(o, "probe_tls_version_info", "", &l, |o| o.push('1'))
+                }
+            },
+        ),
+        (
             "probe_dns_lookup_time_seconds",
             "Returns the time taken for the DNS query in seconds",
-            probe_dns_lookup.clone(),
-        );
-        let probe_dns_answers = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(d) = &p.dns {
+                    sample(o, "probe_dns_lookup_time_seconds", "", l, |o| {
+                        float(o, d.lookup)
+                    })
+                }
+            },
+        ),
+        (
             "probe_dns_answer_rrs",
             "Returns number of entries in the answer resource record list",
-            probe_dns_answers.clone(),
-        );
-        let probe_dns_authorities = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(d) = &p.dns {
+                    sample(o, "probe_dns_answer_rrs", "", l, |o| {
+                        let _ = write!(o, "{}", d.answers);
+                    })
+                }
+            },
+        ),
+        (
             "probe_dns_authority_rrs",
             "Returns number of entries in the authority resource record list",
-            probe_dns_authorities.clone(),
-        );
-        let probe_dns_additionals = Family::<Labels, Gauge>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(d) = &p.dns {
+                    sample(o, "probe_dns_authority_rrs", "", l, |o| {
+                        let _ = write!(o, "{}", d.authorities);
+                    })
+                }
+            },
+        ),
+        (
             "probe_dns_additional_rrs",
             "Returns number of entries in the additional resource record list",
-            probe_dns_additionals.clone(),
-        );
-        let skipped = Family::<Labels, Counter>::default();
-        registry.register(
+            |o, l, p| {
+                if let Some(d) = &p.dns {
+                    sample(o, "probe_dns_additional_rrs", "", l, |o| {
+                        let _ = write!(o, "{}", d.additionals);
+                    })
+                }
+            },
+        ),
+    ];
+    let probe_pass = |out: &mut String, list: &[(&str, &str, Gauge)]| {
+        for (name, help, write) in list {
+            header(out, name, "gauge", help, None);
+            for j in &journeys {
+                let st = lock(&j.state);
+                for p in &st.probes {
+                    let l = base(&j.name, &st, p.address.as_deref());
+                    write(out, &l, p);
+                }
+            }
+        }
+    };
+    probe_pass(&mut out, &gauges);
+    for (name, help, fam) in [
+        (
+            "vantage_journey_duration_seconds",
+            "Duration of journey runs",
+            Family::Journey,
+        ),
+        (
+            "vantage_step_duration_seconds",
+            "Duration of journey steps",
+            Family::Step,
+        ),
+        (
+            "vantage_http_client_request_duration_seconds",
+            "Duration of HTTP requests made by journeys (semconv http.client.request.duration)",
+            Family::Http,
+        ),
+        (
+            "vantage_db_client_operation_duration_seconds",
+            "Duration of database operations made by journeys (semconv db.client.operation.duration)",
+            Family::Db,
+        ),
+    ] {
+        header(&mut out, name, "histogram", help, Some("seconds"));
+        for j in &journeys {
+            let st = lock(&j.state);
+            hist_family(&mut out, name, &st, &j.name, fam);
+        }
+    }
+    probe_pass(&mut out, &late_gauges);
+
+    let t = store.totals();
+    header(
+        &mut out,
+        "vantage_schedule_skipped_ticks",
+        "counter",
+        "Scheduled runs skipped because the journey's previous run was still going",
+        None,
+    );
+    for (j, n) in &t.skipped {
+        sample(
+            &mut out,
             "vantage_schedule_skipped_ticks",
-            "Scheduled runs skipped because the journey's previous run was still going",
-            skipped.clone(),
+            "_total",
+            &[("journey", j)],
+            |o| {
+                let _ = write!(o, "{n}");
+            },
         );
-        let lateness = Histogram::new(names::LATENESS_BUCKETS.iter().copied());
-        registry.register_with_unit(
-            "vantage_schedule_lateness",
-            "How late runs started against their schedule (concurrency-limit waits included)",
-            Unit::Seconds,
-            lateness.clone(),
-        );
-        let dropped = Family::<Labels, Counter>::default();
-        registry.register(
-            "vantage_telemetry_dropped",
-            "Telemetry items dropped because the export queue was full",
-            dropped.clone(),
-        );
-        let export_failures = Family::<Labels, Counter>::default();
-        registry.register(
+    }
+    header(
+        &mut out,
+        "vantage_schedule_lateness_seconds",
+        "histogram",
+        "How late runs started against their schedule (concurrency-limit waits included)",
+        Some("seconds"),
+    );
+    histogram(
+        &mut out,
+        "vantage_schedule_lateness_seconds",
+        &[],
+        &t.lateness,
+    );
+    header(
+        &mut out,
+        "vantage_telemetry_dropped",
+        "counter",
+        "Telemetry items dropped because the export queue was full",
+        None,
+    );
+    sample(
+        &mut out,
+        "vantage_telemetry_dropped",
+        "_total",
+        &[("signal", "traces")],
+        |o| {
+            let _ = write!(o, "{}", t.dropped_traces);
+        },
+    );
+    header(
+        &mut out,
+        "vantage_telemetry_export_failures",
+        "counter",
+        "Failed OTLP export attempts",
+        None,
+    );
+    for (signal, n) in [
+        ("traces", t.failures_traces),
+        ("metrics", t.failures_metrics),
+    ] {
+        sample(
+            &mut out,
             "vantage_telemetry_export_failures",
-            "Failed OTLP export attempts",
-            export_failures.clone(),
+            "_total",
+            &[("signal", signal)],
+            |o| {
+                let _ = write!(o, "{n}");
+            },
         );
-        let journeys = Gauge::default();
-        registry.register(
-            "vantage_journeys",
-            "Journeys scheduled on this agent (after sharding)",
-            journeys.clone(),
-        );
-        let build_info = Family::<Labels, Gauge>::default();
-        build_info
-            .get_or_create(&vec![(
-                "version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            )])
-            .set(1);
-        registry.register("vantage_build_info", "Vantage version", build_info);
-        Prom {
-            registry,
-            probe_success,
-            probe_duration,
-            probe_http_duration,
-            probe_http_status,
-            probe_http_ssl,
-            probe_http_redirects,
-            journey_duration,
-            step_duration,
-            http_duration,
-            db_duration,
-            probe_ssl_expiry,
-            probe_tls_version,
-            probe_dns_lookup,
-            probe_dns_answers,
-            probe_dns_authorities,
-            probe_dns_additionals,
-            skipped,
-            lateness,
-            dropped,
-            export_failures,
-            journeys,
-            written: Mutex::new(BTreeMap::new()),
-        }
     }
-
-    pub fn record(&self, r: &JourneyReport) {
-        let base = journey_labels(r);
-        let mut written = Vec::new();
-        let mut put = |series: Series, labels: Labels| written.push((series, labels));
-        self.probe_success
-            .get_or_create(&base)
-            .set(i64::from(r.outcome == crate::report::Outcome::Passed));
-        put(Series::Success, base.clone());
-        self.probe_duration
-            .get_or_create(&base)
-            .set(r.duration.as_secs_f64());
-        put(Series::Duration, base.clone());
-
-        let exemplar = Some(vec![("trace_id".to_string(), r.trace_id.to_string())]);
-        let mut with_error = base.clone();
-        with_error.push((
-            "error_type".into(),
-            r.error()
-                .map(|e| e.kind.as_str().into_owned())
-                .unwrap_or_default(),
-        ));
-        self.journey_duration.get_or_create(&with_error).observe(
-            r.duration.as_secs_f64(),
-            exemplar.clone(),
-            None,
-        );
-
-        let mut phases: BTreeMap<Phase, f64> = BTreeMap::new();
-        let mut last_status = None;
-        let mut last_tls = None;
-        let mut earliest_expiry: Option<i64> = None;
-        let mut tls_version: Option<String> = None;
-        let mut dns: Option<(std::time::Duration, crate::report::DnsCall)> = None;
-        let mut http_calls = 0i64;
-        let mut http_steps = 0i64;
-        for step in &r.steps {
-            if step.outcome == crate::report::StepOutcome::Skipped {
-                continue;
-            }
-            let step_labels = |error_type: String, method: Option<&str>| {
-                let mut l = vec![
-                    ("journey".to_string(), r.journey.to_string()),
-                    ("step".to_string(), step.name.to_string()),
-                    ("location".to_string(), r.location.to_string()),
-                ];
-                if let Some(m) = method {
-                    l.push(("method".to_string(), m.to_string()));
-                }
-                l.push(("error_type".to_string(), error_type));
-                l
-            };
-            let step_error = step
-                .error
-                .as_ref()
-                .map(|e| e.kind.as_str().into_owned())
-                .unwrap_or_default();
-            self.step_duration
-                .get_or_create(&step_labels(step_error, None))
-                .observe(step.duration.as_secs_f64(), exemplar.clone(), None);
-            if step.kind == "http" {
-                http_steps += 1;
-            }
-            for call in &step.calls {
-                let error_type = call.error_type.clone().unwrap_or_default();
-                match &call.detail {
-                    CallDetail::Http(h) => {
-                        http_calls += 1;
-                        for p in Phase::HTTP {
-                            *phases.entry(p).or_default() +=
-                                call.phases.get(p).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                        }
-                        last_status = Some(h.status.unwrap_or(0));
-                        last_tls = Some(h.tls);
-                        if let Some(t) = h.cert_expiry {
-                            earliest_expiry = Some(earliest_expiry.map_or(t, |e: i64| e.min(t)));
-                        }
-                        self.http_duration
-                            .get_or_create(&step_labels(error_type, Some(&h.method)))
-                            .observe(call.duration.as_secs_f64(), exemplar.clone(), None);
-                    }
-                    CallDetail::Db(d) => {
-                        let mut l = step_labels(error_type, None);
-                        l.insert(3, ("db_system".into(), d.system.into()));
-                        l.insert(4, ("operation".into(), d.operation.clone()));
-                        self.db_duration.get_or_create(&l).observe(
-                            call.duration.as_secs_f64(),
-                            exemplar.clone(),
-                            None,
-                        );
-                    }
-                    CallDetail::Tls(t) => {
-                        if let Some(e) = t.earliest_expiry {
-                            earliest_expiry = Some(earliest_expiry.map_or(e, |x: i64| x.min(e)));
-                        }
-                        if let Some(v) = &t.protocol_version {
-                            tls_version = Some(format!("TLS {v}"));
-                        }
-                    }
-                    CallDetail::Dns(d) => dns = Some((call.duration, d.clone())),
-                    CallDetail::Tcp(_) => {}
-                }
-            }
-        }
-        if let Some(expiry) = earliest_expiry {
-            self.probe_ssl_expiry
-                .get_or_create(&base)
-                .set(expiry as f64);
-            put(Series::SslExpiry, base.clone());
-        }
-        if let Some(v) = tls_version {
-            let mut l = base.clone();
-            l.push(("version".into(), v));
-            self.probe_tls_version.get_or_create(&l).set(1);
-            put(Series::TlsVersion, l);
-        }
-        if let Some((took, d)) = dns {
-            self.probe_dns_lookup
-                .get_or_create(&base)
-                .set(took.as_secs_f64());
-            put(Series::DnsLookup, base.clone());
-            for (series, family, n) in [
-                (Series::DnsAnswers, &self.probe_dns_answers, d.answers),
-                (
-                    Series::DnsAuthorities,
-                    &self.probe_dns_authorities,
-                    d.authorities,
-                ),
-                (
-                    Series::DnsAdditionals,
-                    &self.probe_dns_additionals,
-                    d.additionals,
-                ),
-            ] {
-                family.get_or_create(&base).set(i64::from(n));
-                put(series, base.clone());
-            }
-        }
-        if let Some(status) = last_status {
-            for (p, secs) in &phases {
-                let mut l = base.clone();
-                l.push(("phase".into(), p.as_str().into()));
-                self.probe_http_duration.get_or_create(&l).set(*secs);
-                put(Series::HttpDuration, l);
-            }
-            self.probe_http_status
-                .get_or_create(&base)
-                .set(i64::from(status));
-            put(Series::HttpStatus, base.clone());
-            self.probe_http_ssl
-                .get_or_create(&base)
-                .set(i64::from(last_tls.unwrap_or(false)));
-            put(Series::HttpSsl, base.clone());
-            self.probe_http_redirects
-                .get_or_create(&base)
-                .set((http_calls - http_steps).max(0));
-            put(Series::HttpRedirects, base.clone());
-        }
-        if let Ok(mut w) = self.written.lock() {
-            // Fanned-out runs of one journey each add their own series.
-            let entry = w.entry(r.journey.to_string()).or_default();
-            entry.retain(|(_, l)| !written.iter().any(|(_, n)| n == l));
-            entry.extend(written);
-        }
-    }
-
-    /// Removes a journey's `probe_*` series (after a reload dropped it), so a
-    /// deleted journey does not stay red or green forever.
-    pub fn forget(&self, journey: &str) {
-        let Some(series) = self.written.lock().ok().and_then(|mut w| w.remove(journey)) else {
-            return;
-        };
-        for (s, labels) in series {
-            match s {
-                Series::Success => self.probe_success.remove(&labels),
-                Series::Duration => self.probe_duration.remove(&labels),
-                Series::HttpDuration => self.probe_http_duration.remove(&labels),
-                Series::HttpStatus => self.probe_http_status.remove(&labels),
-                Series::HttpSsl => self.probe_http_ssl.remove(&labels),
-                Series::HttpRedirects => self.probe_http_redirects.remove(&labels),
-                Series::SslExpiry => self.probe_ssl_expiry.remove(&labels),
-                Series::TlsVersion => self.probe_tls_version.remove(&labels),
-                Series::DnsLookup => self.probe_dns_lookup.remove(&labels),
-                Series::DnsAnswers => self.probe_dns_answers.remove(&labels),
-                Series::DnsAuthorities => self.probe_dns_authorities.remove(&labels),
-                Series::DnsAdditionals => self.probe_dns_additionals.remove(&labels),
-            };
-        }
-    }
-
-    pub fn skipped(&self, journey: &str) {
-        self.skipped
-            .get_or_create(&vec![("journey".into(), journey.into())])
-            .inc();
-    }
-
-    pub fn lateness(&self, secs: f64) {
-        self.lateness.observe(secs);
-    }
-
-    pub fn dropped(&self, signal: &str, n: u64) {
-        self.dropped
-            .get_or_create(&vec![("signal".into(), signal.into())])
-            .inc_by(n);
-    }
-
-    pub fn export_failed(&self, signal: &str) {
-        self.export_failures
-            .get_or_create(&vec![("signal".into(), signal.into())])
-            .inc();
-    }
-
-    pub fn set_journeys(&self, n: usize) {
-        self.journeys.set(n as i64);
-    }
-
-    /// The classic Prometheus text format of every series.
-    pub fn encode_text(&self) -> String {
-        openmetrics_to_text(&self.encode())
-    }
-
-    /// The OpenMetrics text of every series.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
-    }
+    header(
+        &mut out,
+        "vantage_journeys",
+        "gauge",
+        "Journeys scheduled on this agent (after sharding)",
+        None,
+    );
+    sample(&mut out, "vantage_journeys", "", &[], |o| {
+        let _ = write!(o, "{}", t.journeys);
+    });
+    header(
+        &mut out,
+        "vantage_build_info",
+        "gauge",
+        "Vantage version",
+        None,
+    );
+    sample(
+        &mut out,
+        "vantage_build_info",
+        "",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        |o| o.push('1'),
+    );
+    out.push_str("# EOF\n");
+    out
 }
 
-impl Default for Prom {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The classic Prometheus text format of every series.
+pub fn encode_text(store: &MetricStore) -> String {
+    openmetrics_to_text(&encode(store))
 }
 
-/// The content type of [`Prom::encode`].
+/// The content type of [`encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of [`Prom::encode_text`].
+/// The content type of [`encode_text`].
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Rewrites OpenMetrics text into the classic Prometheus text format for

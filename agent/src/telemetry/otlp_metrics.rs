@@ -1,0 +1,510 @@
+//! Periodic OTLP export of the [`MetricStore`], over gRPC or HTTP/protobuf.
+//!
+//! The store is the only copy of the metric state: each export reads it and
+//! encodes cumulative series with the official protocol types
+//! (`opentelemetry-proto`). The OpenTelemetry SDK's metric pipeline is not
+//! used: it keeps its own copy of every series (each attribute set twice,
+//! kilobytes per journey, plus tables preallocated to the cardinality
+//! limit), and its `ResourceMetrics` cannot be built from state kept
+//! elsewhere. Large agents are sent in several requests of at most
+//! [`POINTS_PER_REQUEST`] points, so no request nears a collector's 4 MiB
+//! gRPC message limit.
+//!
+//! A failed export is counted in
+//! `vantage_telemetry_export_failures_total{signal="metrics"}` and logged at
+//! most once a minute; nothing is queued, since the next export carries the
+//! cumulative totals. Never blocks a run.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Exemplar as PbExemplar, Histogram, HistogramDataPoint, Metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource as PbResource;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_sdk::Resource;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::names;
+use super::otlp::{OtlpConfig, Protocol, RateLimitedLog};
+use super::store::{Hist, HistKey, MetricStore, lock};
+
+/// Data points per export request.
+pub const POINTS_PER_REQUEST: usize = 4000;
+
+fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn millis(k: &str) -> Option<Duration> {
+    var(k)?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// `OTEL_EXPORTER_OTLP_*HEADERS`: `k=v,k2=v2`, values percent-decoded.
+fn headers() -> Vec<(String, String)> {
+    let Some(raw) =
+        var("OTEL_EXPORTER_OTLP_METRICS_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+    else {
+        return Vec::new();
+    };
+    raw.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = s.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(h, 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+enum Transport {
+    Grpc(MetricsServiceClient<tonic::transport::Channel>),
+    Http {
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        url: http::Uri,
+    },
+}
+
+/// The running export task.
+pub struct MetricExport {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricExport {
+    /// Starts the periodic export. Inside the tokio runtime.
+    pub fn start(
+        cfg: &OtlpConfig,
+        resource: &Resource,
+        store: Arc<MetricStore>,
+    ) -> Result<MetricExport, String> {
+        let timeout = millis("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT")
+            .or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .unwrap_or(Duration::from_secs(10));
+        let interval = cfg
+            .metric_interval
+            .or_else(|| millis("OTEL_METRIC_EXPORT_INTERVAL"))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(60));
+        let transport = match cfg.protocol {
+            Protocol::Grpc => {
+                let url = cfg
+                    .endpoint
+                    .clone()
+                    .or_else(|| var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+                    .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                    .unwrap_or_else(|| "http://localhost:4317".into());
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("invalid OTLP metrics endpoint `{url}`: {e}"))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .connect_lazy();
+                Transport::Grpc(MetricsServiceClient::new(channel))
+            }
+            Protocol::HttpProtobuf => {
+                let url = match &cfg.endpoint {
+                    Some(e) => format!("{}/v1/metrics", e.trim_end_matches('/')),
+                    None => var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").unwrap_or_else(|| {
+                        let base = var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                            .unwrap_or_else(|| "http://localhost:4318".into());
+                        format!("{}/v1/metrics", base.trim_end_matches('/'))
+                    }),
+                };
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| format!("invalid OTLP metrics endpoint `{url}`: {e}"))?;
+                if uri.scheme_str() != Some("http") {
+                    return Err(format!(
+                        "OTLP metrics endpoint `{url}`: only http:// is supported over HTTP/protobuf (use grpc for TLS)"
+                    ));
+                }
+                Transport::Http {
+                    client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
+                    url: uri,
+                }
+            }
+        };
+        let exporter = Exporter {
+            transport,
+            headers: headers(),
+            timeout,
+            resource: PbResource {
+                attributes: ResourceAttributesWithSchema::from(resource).attributes.0,
+                ..Default::default()
+            },
+            scope: InstrumentationScope::from((&super::spans::scope(), None)),
+            store,
+            log: RateLimitedLog::new(),
+            failing: false,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker(exporter, interval, stop.clone()));
+        Ok(MetricExport { stop, task })
+    }
+
+    /// Exports one last time, within `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            warn!(grace = ?grace, "final metric export did not finish within the grace period");
+        }
+    }
+}
+
+async fn worker(mut exporter: Exporter, interval: Duration, stop: CancellationToken) {
+    let mut next = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.cancelled() => {
+                exporter.export().await;
+                return;
+            }
+        }
+        next += interval;
+        exporter.export().await;
+        // An export slower than the interval skips the missed ticks.
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now + interval;
+        }
+    }
+}
+
+struct Exporter {
+    transport: Transport,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    resource: PbResource,
+    scope: InstrumentationScope,
+    store: Arc<MetricStore>,
+    log: RateLimitedLog,
+    failing: bool,
+}
+
+impl Exporter {
+    async fn export(&mut self) {
+        let requests = build_requests(&self.store, &self.resource, &self.scope, SystemTime::now());
+        let mut failed = false;
+        for req in requests {
+            if let Err(e) = self.send(req).await {
+                self.store.export_failed("metrics");
+                if self.log.allow() {
+                    warn!(error = %e, "metric export failed; the next export carries the cumulative totals");
+                }
+                failed = true;
+                break;
+            }
+        }
+        if !failed && self.failing {
+            info!("metric export recovered");
+        }
+        self.failing = failed;
+    }
+
+    async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
+        match &mut self.transport {
+            Transport::Grpc(client) => {
+                let mut r = tonic::Request::new(req);
+                for (k, v) in &self.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                        v.parse(),
+                    ) {
+                        r.metadata_mut().insert(k, v);
+                    }
+                }
+                client
+                    .export(r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            }
+            Transport::Http { client, url } => {
+                let mut b = http::Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                for (k, v) in &self.headers {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                let body = Full::new(Bytes::from(req.encode_to_vec()));
+                let request = b.body(body).map_err(|e| e.to_string())?;
+                let response = tokio::time::timeout(self.timeout, client.request(request))
+                    .await
+                    .map_err(|_| format!("timed out after {:?}", self.timeout))?
+                    .map_err(|e| format!("{url}: {e}"))?;
+                let status = response.status();
+                // Drain the body so the connection can be reused.
+                let _ = tokio::time::timeout(self.timeout, response.into_body().collect()).await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("{url}: HTTP {status}"))
+                }
+            }
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn s(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.to_string()))
+}
+
+fn i(key: &str, v: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(v))
+}
+
+fn point(h: &Hist, attributes: Vec<KeyValue>, now: u64) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes,
+        start_time_unix_nano: nanos(h.start),
+        time_unix_nano: now,
+        count: h.count,
+        sum: Some(h.sum),
+        bucket_counts: h.counts.to_vec(),
+        explicit_bounds: h.bounds.to_vec(),
+        exemplars: h
+            .exemplars
+            .iter()
+            .map(|e| PbExemplar {
+                time_unix_nano: nanos(e.at),
+                span_id: e.span_id.0.to_vec(),
+                trace_id: e.trace_id.0.to_vec(),
+                value: Some(exemplar::Value::AsDouble(e.value)),
+                ..Default::default()
+            })
+            .collect(),
+        min: (h.count > 0).then_some(h.min),
+        max: (h.count > 0).then_some(h.max),
+        ..Default::default()
+    }
+}
+
+/// The four per-journey histogram metrics, in export order.
+const HISTOGRAMS: [(&str, &str); 4] = [
+    (names::JOURNEY_DURATION, "Duration of journey runs"),
+    (names::STEP_DURATION, "Duration of journey steps"),
+    (
+        names::HTTP_CLIENT_DURATION,
+        "Duration of HTTP client requests.",
+    ),
+    (
+        names::DB_CLIENT_DURATION,
+        "Duration of database client operations.",
+    ),
+];
+
+fn slot(k: &HistKey) -> usize {
+    match k {
+        HistKey::Journey => 0,
+        HistKey::Step { .. } => 1,
+        HistKey::Http { .. } => 2,
+        HistKey::Db { .. } => 3,
+    }
+}
+
+/// Builds the export requests: every series of the store, cumulative, in
+/// requests of at most [`POINTS_PER_REQUEST`] points.
+pub fn build_requests(
+    store: &MetricStore,
+    resource: &PbResource,
+    scope: &InstrumentationScope,
+    at: SystemTime,
+) -> Vec<ExportMetricsServiceRequest> {
+    let now = nanos(at);
+    let mut requests = Vec::new();
+    let mut points: [Vec<HistogramDataPoint>; 4] = Default::default();
+    let mut n = 0usize;
+    let flush = |points: &mut [Vec<HistogramDataPoint>; 4],
+                 extra: Vec<Metric>,
+                 requests: &mut Vec<ExportMetricsServiceRequest>| {
+        let mut metrics: Vec<Metric> = HISTOGRAMS
+            .iter()
+            .zip(points.iter_mut())
+            .filter(|(_, p)| !p.is_empty())
+            .map(|((name, desc), p)| Metric {
+                name: name.to_string(),
+                description: desc.to_string(),
+                unit: "s".into(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: std::mem::take(p),
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            })
+            .collect();
+        metrics.extend(extra);
+        if metrics.is_empty() {
+            return;
+        }
+        requests.push(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope.clone()),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+    };
+    for j in store.journeys() {
+        let st = lock(&j.state);
+        for series in &st.hists {
+            let mut a = vec![
+                s(names::ATTR_JOURNEY, &j.name),
+                s(names::ATTR_LOCATION, &st.location),
+            ];
+            if let Some(addr) = &series.address {
+                a.push(s(names::ATTR_ADDRESS, addr));
+            }
+            match &series.key {
+                HistKey::Journey => {}
+                HistKey::Step { step } => a.push(s(names::ATTR_STEP, step)),
+                HistKey::Http {
+                    step,
+                    method,
+                    server_address,
+                    server_port,
+                    status,
+                } => {
+                    a.push(s(names::ATTR_STEP, step));
+                    a.push(s(names::HTTP_METHOD, method));
+                    a.push(s(names::SERVER_ADDRESS, server_address));
+                    a.push(i(names::SERVER_PORT, i64::from(*server_port)));
+                    if let Some(code) = status {
+                        a.push(i(names::HTTP_STATUS, i64::from(*code)));
+                    }
+                }
+                HistKey::Db {
+                    step,
+                    system,
+                    operation,
+                    server_address,
+                    server_port,
+                } => {
+                    a.push(s(names::ATTR_STEP, step));
+                    a.push(s(names::DB_SYSTEM, system));
+                    a.push(s(names::DB_OPERATION, operation));
+                    a.push(s(names::SERVER_ADDRESS, server_address));
+                    a.push(i(names::SERVER_PORT, i64::from(*server_port)));
+                }
+            }
+            if let Some(e) = &series.error {
+                a.push(s(names::ERROR_TYPE, e));
+            }
+            points[slot(&series.key)].push(point(&series.hist, a, now));
+            n += 1;
+        }
+        drop(st);
+        if n >= POINTS_PER_REQUEST {
+            flush(&mut points, Vec::new(), &mut requests);
+            n = 0;
+        }
+    }
+
+    let t = store.totals();
+    let start = nanos(store.started());
+    let mut extra = Vec::new();
+    if t.lateness.count > 0 {
+        extra.push(Metric {
+            name: names::SCHEDULE_LATENESS.into(),
+            description: "How late runs started against their schedule".into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: vec![point(&t.lateness, Vec::new(), now)],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        });
+    }
+    let counter = |name: &str, unit: &str, desc: &str, points: Vec<(Vec<KeyValue>, u64)>| Metric {
+        name: name.into(),
+        description: desc.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: points
+                .into_iter()
+                .map(|(attributes, v)| NumberDataPoint {
+                    attributes,
+                    start_time_unix_nano: start,
+                    time_unix_nano: now,
+                    value: Some(number_data_point::Value::AsInt(v as i64)),
+                    ..Default::default()
+                })
+                .collect(),
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    };
+    if !t.skipped.is_empty() {
+        extra.push(counter(
+            names::SCHEDULE_SKIPPED,
+            "{tick}",
+            "Ticks skipped because the previous run was still going",
+            t.skipped
+                .iter()
+                .map(|(j, n)| (vec![s(names::ATTR_JOURNEY, j)], *n))
+                .collect(),
+        ));
+    }
+    if t.dropped_traces > 0 {
+        extra.push(counter(
+            names::TELEMETRY_DROPPED,
+            "{span}",
+            "Spans dropped because the export queue was full",
+            vec![(Vec::new(), t.dropped_traces)],
+        ));
+    }
+    flush(&mut points, extra, &mut requests);
+    requests
+}
