@@ -13,6 +13,7 @@ pub mod browser;
 pub mod dns;
 pub mod http;
 pub mod redis;
+pub mod rx_time;
 pub mod sql;
 pub mod tcp;
 pub mod tls;
