@@ -7,6 +7,15 @@
 //! recorder still says which phase it was in. A failed step ends the run and
 //! the rest are reported as skipped, unless it says `continue_on_failure`.
 //! A failing target is data in the report, never an `Err`.
+//!
+//! A step ends when its last byte arrived, if its probe knows that instant
+//! (HTTP does, from the kernel's receive timestamps); what follows, the
+//! runtime waking the probe up and the runner judging the result, is the
+//! agent's time, not the target's. The run ends when its last step did, or
+//! after the browser session is closed. Steps run one after another inside
+//! the run, so a run still lasts at least as long as its steps together.
+//! The steps' wall-clock start times are derived from the run's, so their
+//! spans nest inside the run's exactly as their durations do.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -156,25 +165,27 @@ async fn run_pinned(
     }
     let trace_id = TraceId::random();
     let span_id = SpanId::random();
-    let started_at = SystemTime::now();
-    let start = Instant::now();
+    let clock = RunClock::now();
+    let (started_at, start) = (clock.wall, clock.start);
     let journey_deadline = start + journey.timeout;
     let mut vars = Vars::new();
     let mut cookies = cookie_store::CookieStore::default();
     let mut steps = Vec::with_capacity(journey.steps.len());
     let mut failed_step = None;
     let mut stop = false;
+    let mut end = start;
     for (index, step) in journey.steps.iter().enumerate() {
         if stop {
             steps.push(skipped(step));
             continue;
         }
-        let report = run_step(
+        let (report, step_end) = run_step(
             journey,
             step,
             env,
             trace_id,
             RunState {
+                clock,
                 vars: &mut vars,
                 cookies: &mut cookies,
                 browser: &mut browser,
@@ -184,6 +195,7 @@ async fn run_pinned(
             cancel,
         )
         .await;
+        end = step_end;
         if report.outcome == StepOutcome::Failed {
             failed_step.get_or_insert(index);
             let fatal = matches!(
@@ -214,8 +226,9 @@ async fn run_pinned(
             e.page_url = url.map(|u| journey.redactor.redact(&u));
         }
         session.close().await;
+        end = Instant::now();
     }
-    let duration = start.elapsed();
+    let duration = end - start;
     JourneyReport {
         journey: journey.name.clone(),
         location: env.location.clone(),
@@ -249,8 +262,37 @@ fn skipped(step: &Step) -> StepReport {
     }
 }
 
+/// One reading of both clocks for a run. Every wall-clock time of its
+/// steps is derived from it, rather than read again: two readings of the
+/// wall clock can disagree with the monotonic clock by a few hundred
+/// nanoseconds (or more while NTP slews), enough for a step that ends with
+/// the run to end after it on the wall clock.
+#[derive(Clone, Copy)]
+struct RunClock {
+    wall: SystemTime,
+    start: Instant,
+}
+
+impl RunClock {
+    /// Monotonic first: derived wall-clock times then come out a few
+    /// nanoseconds late, never early, against a call that reads the wall
+    /// clock before the monotonic one, so its span stays inside its step's.
+    fn now() -> Self {
+        let start = Instant::now();
+        RunClock {
+            wall: SystemTime::now(),
+            start,
+        }
+    }
+
+    fn wall_at(&self, t: Instant) -> SystemTime {
+        self.wall + t.saturating_duration_since(self.start)
+    }
+}
+
 /// What the steps of one run share.
 struct RunState<'a> {
+    clock: RunClock,
     vars: &'a mut Vars,
     cookies: &'a mut cookie_store::CookieStore,
     browser: &'a mut crate::probes::browser::BrowserSlot,
@@ -265,15 +307,16 @@ async fn run_step(
     state: RunState<'_>,
     journey_deadline: Instant,
     cancel: &CancellationToken,
-) -> StepReport {
+) -> (StepReport, Instant) {
     let RunState {
+        clock,
         vars,
         cookies,
         browser,
         pin,
     } = state;
-    let started_at = SystemTime::now();
     let start = Instant::now();
+    let started_at = clock.wall_at(start);
     let step_deadline = step.timeout.map(|t| start + t);
     let deadline = match step_deadline {
         Some(d) if d < journey_deadline => d,
@@ -302,6 +345,10 @@ async fn run_step(
     let ended = match ended {
         Ended::Done(r) => Ok(*r),
         other => Err(other),
+    };
+    let last_byte = match &ended {
+        Ok(Ok(obs)) => last_byte(obs),
+        _ => None,
     };
     let error = match ended {
         Err(Ended::Cancelled) => {
@@ -392,7 +439,20 @@ async fn run_step(
             }
         }
     };
-    finish(journey, step, started_at, start, rec, error)
+    let now = Instant::now();
+    let end = last_byte.map_or(now, |t| t.clamp(start, now));
+    (
+        finish(journey, step, started_at, end - start, rec, error),
+        end,
+    )
+}
+
+/// When the observation's last byte arrived, for probes that timestamp it.
+fn last_byte(obs: &probes::Observation) -> Option<Instant> {
+    match obs {
+        probes::Observation::Http(r) => Some(r.finished),
+        _ => None,
+    }
 }
 
 enum Ended {
@@ -406,7 +466,7 @@ fn finish(
     journey: &Journey,
     step: &Step,
     started_at: SystemTime,
-    start: Instant,
+    duration: Duration,
     rec: Recorder,
     error: Option<StepError>,
 ) -> StepReport {
@@ -432,7 +492,7 @@ fn finish(
         kind: step.action.kind(),
         span_id: SpanId::random(),
         started_at,
-        duration: start.elapsed(),
+        duration,
         outcome: if error.is_some() {
             StepOutcome::Failed
         } else {

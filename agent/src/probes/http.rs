@@ -8,10 +8,15 @@
 //! tried, so an outage is seen, not hidden. Every request carries W3C
 //! `traceparent` with the call's span id and a `tracestate` entry marking it
 //! synthetic.
+//!
+//! The response's phases end when its bytes arrived, as the kernel
+//! timestamped them on the socket ([`super::rx_time`]), not when this task
+//! got round to looking: otherwise the agent's own wake-up latency would be
+//! reported as the target's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,9 +27,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use url::Url;
 
+use super::rx_time::{RxClock, RxStream};
 use super::{Ctx, ProbeError};
 use crate::journey::{Template, Vars};
-use crate::report::{CallDetail, ErrorKind, HttpCall, Phase, SpanId, TraceId};
+use crate::report::{Call, CallDetail, ErrorKind, HttpCall, Phase, SpanId, TraceId};
 
 /// Default cap on a response body.
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -112,6 +118,8 @@ pub struct HttpResponse {
     pub url: Url,
     /// Time from the first request to the last body byte, redirects included.
     pub elapsed: Duration,
+    /// When the last byte of this response arrived.
+    pub finished: Instant,
 }
 
 pub async fn run(req: &HttpRequest, ctx: Ctx<'_>) -> Result<HttpResponse, ProbeError> {
@@ -166,14 +174,14 @@ pub async fn run(req: &HttpRequest, ctx: Ctx<'_>) -> Result<HttpResponse, ProbeE
         let is_redirect = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
         if !is_redirect || req.max_redirects == 0 {
             return Ok(HttpResponse {
-                elapsed: start.elapsed(),
+                elapsed: resp.finished.saturating_duration_since(start),
                 url,
                 ..resp
             });
         }
         let Some(location) = location else {
             return Ok(HttpResponse {
-                elapsed: start.elapsed(),
+                elapsed: resp.finished.saturating_duration_since(start),
                 url,
                 ..resp
             });
@@ -312,6 +320,11 @@ impl Exchange<'_> {
         let host = self.url.host_str().unwrap_or_default().to_string();
         let port = self.url.port_or_known_default().unwrap_or(80);
         let https = self.url.scheme() == "https";
+        // Read before the recorder's own readings, so the call, when its
+        // times are recomputed below, still covers every recorded phase. The
+        // wall clock first: the call's span then ends inside its step's.
+        let started_at = SystemTime::now();
+        let call_start = Instant::now();
         let span_id = rec.begin_call(CallDetail::Http(HttpCall {
             method: self.method.to_string(),
             url: strip_userinfo(self.url),
@@ -332,12 +345,16 @@ impl Exchange<'_> {
             .exchange(env, cookies, rec, &host, port, https, span_id, pinned)
             .await;
         let error_type = match &result {
-            Ok(r) if r.status.as_u16() >= 400 => Some(r.status.as_u16().to_string()),
+            Ok((r, _)) if r.status.as_u16() >= 400 => Some(r.status.as_u16().to_string()),
             Ok(_) => None,
             Err(e) => Some(e.kind.as_str().into_owned()),
         };
         rec.end_call(error_type);
-        result
+        let (resp, arrival) = result?;
+        if let Some(call) = rec.calls.last_mut() {
+            arrival.apply(call, started_at, call_start);
+        }
+        Ok(resp)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -351,7 +368,7 @@ impl Exchange<'_> {
         https: bool,
         span_id: SpanId,
         pinned: Option<std::net::IpAddr>,
-    ) -> Result<HttpResponse, ProbeError> {
+    ) -> Result<(HttpResponse, Arrival), ProbeError> {
         let bare_host = host.trim_matches(['[', ']']);
         // A fanned-out run talks to its replica's address; the name still
         // goes in Host and SNI.
@@ -369,11 +386,12 @@ impl Exchange<'_> {
             )
         })?;
         let _ = tcp.set_nodelay(true);
+        let (tcp, rx) = RxStream::new(tcp);
         if let Some(CallDetail::Http(h)) = rec.detail_mut() {
             h.peer = Some(addr);
         }
         let traceparent = format!("00-{}-{}-01", self.trace_id, span_id);
-        let (status, headers, body) = if https {
+        let (status, headers, body, arrival) = if https {
             rec.enter(Phase::Tls);
             let server_name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
                 .map_err(|_| {
@@ -400,36 +418,40 @@ impl Exchange<'_> {
             if let Some(CallDetail::Http(h)) = rec.detail_mut() {
                 h.cert_expiry = expiry;
             }
-            self.send(stream, h2, cookies, rec, &traceparent, host, port)
+            self.send(stream, &rx, h2, cookies, rec, &traceparent, host, port)
                 .await?
         } else {
-            self.send(tcp, false, cookies, rec, &traceparent, host, port)
+            self.send(tcp, &rx, false, cookies, rec, &traceparent, host, port)
                 .await?
         };
-        Ok(HttpResponse {
+        let resp = HttpResponse {
             status,
             headers,
             body,
             url: self.url.clone(),
             elapsed: Duration::ZERO,
-        })
+            finished: arrival.last,
+        };
+        Ok((resp, arrival))
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn send<S>(
         &self,
         stream: S,
+        rx: &RxClock,
         h2: bool,
         cookies: &mut cookie_store::CookieStore,
         rec: &mut super::Recorder,
         traceparent: &str,
         host: &str,
         port: u16,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), ProbeError>
+    ) -> Result<(StatusCode, HeaderMap, Bytes, Arrival), ProbeError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         rec.enter(Phase::Processing);
+        let sent = Instant::now();
         let protocol = |e: hyper::Error| {
             ProbeError::new(
                 ErrorKind::Protocol,
@@ -514,6 +536,10 @@ impl Exchange<'_> {
             .body(Full::new(self.body.clone()))
             .map_err(|e| ProbeError::new(ErrorKind::InvalidRequest, None, e.to_string()))?;
         let response = sender.send(request).await.map_err(protocol)?;
+        // The connection task has read at least the whole head by now; the
+        // latest read is the one that completed it (or, when this task was
+        // slow to wake, a body read that followed it closely).
+        let head = arrived(rx, sent);
         rec.enter(Phase::Transfer);
         let status = response.status();
         let version = match response.version() {
@@ -574,8 +600,44 @@ impl Exchange<'_> {
                 }
             }
         }
-        Ok((status, parts.headers, buf.freeze()))
+        let last = arrived(rx, head);
+        let arrival = Arrival { sent, head, last };
+        Ok((status, parts.headers, buf.freeze(), arrival))
     }
+}
+
+/// When the bytes of one response arrived.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    /// When the processing phase began (the request is written after it).
+    sent: Instant,
+    /// When the read that completed the response head arrived.
+    head: Instant,
+    /// When the read that completed the body arrived.
+    last: Instant,
+}
+
+impl Arrival {
+    /// Ends the processing and transfer phases, and the call, at the
+    /// arrivals. The recorder ended them when this task ran, which is
+    /// later by however long the runtime took to wake it. `call_start` is
+    /// no later than the recorder's own start, so the call still lasts at
+    /// least as long as the sum of its phases; `started_at` is the wall
+    /// clock read just before it.
+    fn apply(&self, call: &mut Call, started_at: SystemTime, call_start: Instant) {
+        call.phases.processing = Some(self.head - self.sent);
+        call.phases.transfer = Some(self.last - self.head);
+        call.started_at = started_at;
+        call.duration = self.last.saturating_duration_since(call_start);
+    }
+}
+
+/// When the latest bytes on the connection arrived, kept between
+/// `not_before` and now: a wall clock stepped while the bytes were queued
+/// cannot move a phase out of the time this task saw it take.
+fn arrived(rx: &RxClock, not_before: Instant) -> Instant {
+    let now = Instant::now();
+    rx.latest().map_or(now, |t| t.clamp(not_before, now))
 }
 
 enum Sender {
