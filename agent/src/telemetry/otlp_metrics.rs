@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use super::names;
 use super::otlp::{OtlpConfig, Protocol, RateLimitedLog};
-use super::store::{Hist, HistKey, MetricStore, lock};
+use super::store::{Hist, HistKey, JourneySeries, MetricStore, lock};
 
 /// Data points per export request.
 pub const POINTS_PER_REQUEST: usize = 4000;
@@ -218,15 +218,32 @@ struct Exporter {
 
 impl Exporter {
     async fn export(&mut self) {
-        let requests = build_requests(&self.store, &self.resource, &self.scope, SystemTime::now());
+        let journeys = self.store.journeys();
+        let at = SystemTime::now();
         let mut failed = false;
-        for req in requests {
-            if let Err(e) = self.send(req).await {
+        let mut done = 0;
+        // One request at a time: a large agent's full set of points is tens
+        // of megabytes once encoded.
+        loop {
+            let (req, used) = build_request(
+                &self.store,
+                &journeys[done..],
+                &self.resource,
+                &self.scope,
+                at,
+            );
+            done += used;
+            if let Some(req) = req
+                && let Err(e) = self.send(req).await
+            {
                 self.store.export_failed("metrics");
                 if self.log.allow() {
                     warn!(error = %e, "metric export failed; the next export carries the cumulative totals");
                 }
                 failed = true;
+                break;
+            }
+            if done >= journeys.len() {
                 break;
             }
         }
@@ -350,16 +367,21 @@ fn slot(k: &HistKey) -> usize {
     }
 }
 
-/// Builds the export requests: every series of the store, cumulative, in
-/// requests of at most [`POINTS_PER_REQUEST`] points.
-pub fn build_requests(
+/// Builds one export request from the first of `journeys`' series,
+/// cumulative, stopping once [`POINTS_PER_REQUEST`] points are reached.
+/// Returns the request (`None` when there is nothing to send) and how many
+/// journeys it covers; the process-wide series go into the request that
+/// covers the last journey.
+pub fn build_request(
     store: &MetricStore,
+    journeys: &[Arc<JourneySeries>],
     resource: &PbResource,
     scope: &InstrumentationScope,
     at: SystemTime,
-) -> Vec<ExportMetricsServiceRequest> {
+) -> (Option<ExportMetricsServiceRequest>, usize) {
     let now = nanos(at);
     let mut requests = Vec::new();
+    let mut used = 0;
     let mut points: [Vec<HistogramDataPoint>; 4] = Default::default();
     let mut n = 0usize;
     let flush = |points: &mut [Vec<HistogramDataPoint>; 4],
@@ -396,7 +418,8 @@ pub fn build_requests(
             }],
         });
     };
-    for j in store.journeys() {
+    for j in journeys {
+        used += 1;
         let st = lock(&j.state);
         for series in &st.hists {
             let mut a = vec![
@@ -445,9 +468,9 @@ pub fn build_requests(
             n += 1;
         }
         drop(st);
-        if n >= POINTS_PER_REQUEST {
+        if n >= POINTS_PER_REQUEST && used < journeys.len() {
             flush(&mut points, Vec::new(), &mut requests);
-            n = 0;
+            return (requests.pop(), used);
         }
     }
 
@@ -506,5 +529,133 @@ pub fn build_requests(
         ));
     }
     flush(&mut points, extra, &mut requests);
-    requests
+    (requests.pop(), used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::store::tests::http_run;
+
+    fn points(req: &ExportMetricsServiceRequest) -> usize {
+        req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .map(|m| match &m.data {
+                Some(metric::Data::Histogram(h)) => h.data_points.len(),
+                Some(metric::Data::Sum(s)) => s.data_points.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_large_store_is_sent_in_bounded_requests_with_totals_last() {
+        let store = MetricStore::new();
+        let n = 3000;
+        for i in 0..n {
+            store.record(&http_run(&format!("j{i:05}"), None, 200, 3));
+        }
+        store.skipped("j00001");
+        store.lateness(0.001);
+        let journeys = store.journeys();
+        let (resource, scope) = (PbResource::default(), InstrumentationScope::default());
+        let mut done = 0;
+        let mut reqs = Vec::new();
+        loop {
+            let (req, used) = build_request(
+                &store,
+                &journeys[done..],
+                &resource,
+                &scope,
+                SystemTime::now(),
+            );
+            assert!(used > 0);
+            done += used;
+            reqs.push(req.expect("every request has points"));
+            if done >= journeys.len() {
+                break;
+            }
+        }
+        // Three histogram points per journey: 9,000, in three requests.
+        assert_eq!(reqs.len(), 3);
+        for r in &reqs[..2] {
+            let p = points(r);
+            assert!(
+                (POINTS_PER_REQUEST..POINTS_PER_REQUEST + 3).contains(&p),
+                "{p}"
+            );
+        }
+        let names = |r: &ExportMetricsServiceRequest| -> Vec<String> {
+            r.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        assert!(!names(&reqs[0]).contains(&names::SCHEDULE_SKIPPED.to_string()));
+        let last = names(&reqs[2]);
+        assert!(
+            last.contains(&names::SCHEDULE_SKIPPED.to_string()),
+            "{last:?}"
+        );
+        assert!(
+            last.contains(&names::SCHEDULE_LATENESS.to_string()),
+            "{last:?}"
+        );
+        let total: usize = reqs.iter().map(points).sum();
+        assert_eq!(total, 3 * n + 2);
+    }
+
+    #[test]
+    fn histogram_points_carry_attributes_and_exemplars() {
+        let store = MetricStore::new();
+        store.record(&http_run("a", Some("10.0.0.1"), 503, 20));
+        let journeys = store.journeys();
+        let (req, _) = build_request(
+            &store,
+            &journeys,
+            &PbResource::default(),
+            &InstrumentationScope::default(),
+            SystemTime::now(),
+        );
+        let req = req.unwrap();
+        let http = req.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == names::HTTP_CLIENT_DURATION)
+            .unwrap();
+        let Some(metric::Data::Histogram(h)) = &http.data else {
+            panic!("not a histogram")
+        };
+        let p = &h.data_points[0];
+        let attr = |k: &str| {
+            p.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            attr(names::HTTP_STATUS),
+            Some(any_value::Value::IntValue(503))
+        );
+        assert_eq!(
+            attr(names::ERROR_TYPE),
+            Some(any_value::Value::StringValue("503".into()))
+        );
+        assert_eq!(
+            attr(names::ATTR_ADDRESS),
+            Some(any_value::Value::StringValue("10.0.0.1".into()))
+        );
+        assert_eq!(p.count, 1);
+        assert_eq!(p.bucket_counts.iter().sum::<u64>(), 1);
+        assert_eq!(p.explicit_bounds, names::HTTP_BUCKETS);
+        assert_eq!(p.exemplars.len(), 1);
+        assert_eq!(p.exemplars[0].trace_id, vec![7; 16]);
+        assert_eq!(
+            h.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+    }
 }

@@ -519,3 +519,76 @@ pub fn openmetrics_to_text(om: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::store::tests::http_run;
+
+    #[test]
+    fn series_labels_buckets_and_exemplars() {
+        let s = MetricStore::new();
+        s.record(&http_run("a\"b", None, 200, 3));
+        s.record(&http_run("a\"b", None, 200, 30));
+        let om = encode(&s);
+        assert!(om.ends_with("# EOF\n"));
+        assert!(
+            om.contains("probe_success{journey=\"a\\\"b\",location=\"here\",team=\"sre\"} 1\n"),
+            "{om}"
+        );
+        assert!(om.contains(
+            "probe_http_status_code{journey=\"a\\\"b\",location=\"here\",team=\"sre\"} 200\n"
+        ));
+        assert!(om.contains(
+            "probe_http_duration_seconds{journey=\"a\\\"b\",location=\"here\",team=\"sre\",phase=\"connect\"} 0.0001\n"
+        ));
+        // Cumulative buckets; the 3 ms run's exemplar carries its trace id.
+        let trace = "07".repeat(16);
+        assert!(om.contains(&format!(
+            "vantage_journey_duration_seconds_bucket{{journey=\"a\\\"b\",location=\"here\",team=\"sre\",error_type=\"\",le=\"0.005\"}} 1 # {{trace_id=\"{trace}\"}} 0.003\n"
+        )), "{om}");
+        assert!(om.contains(
+            "vantage_journey_duration_seconds_bucket{journey=\"a\\\"b\",location=\"here\",team=\"sre\",error_type=\"\",le=\"0.025\"} 1\n"
+        ));
+        assert!(om.contains(
+            "vantage_journey_duration_seconds_bucket{journey=\"a\\\"b\",location=\"here\",team=\"sre\",error_type=\"\",le=\"+Inf\"} 2\n"
+        ));
+        assert!(om.contains("vantage_journey_duration_seconds_count{journey=\"a\\\"b\",location=\"here\",team=\"sre\",error_type=\"\"} 2\n"));
+        assert!(om.contains("# UNIT vantage_journey_duration_seconds seconds\n"));
+        assert!(om.contains(
+            "vantage_http_client_request_duration_seconds_count{journey=\"a\\\"b\",step=\"get\",location=\"here\",method=\"GET\",error_type=\"\"} 2\n"
+        ));
+        // No URL reaches a label.
+        assert!(!om.contains("http://"));
+        // The classic format drops exemplars and names counters `_total`.
+        let text = encode_text(&s);
+        assert!(!text.contains("trace_id"));
+        assert!(text.contains("# TYPE vantage_schedule_skipped_ticks_total counter\n"));
+    }
+
+    #[test]
+    fn http_series_that_differ_only_in_otlp_attributes_merge() {
+        let s = MetricStore::new();
+        // Two successes with different status codes are two OTLP series
+        // (`http.response.status_code`) but share every label here.
+        s.record(&http_run("m", None, 200, 3));
+        s.record(&http_run("m", None, 204, 3));
+        let om = encode(&s);
+        let counts: Vec<&str> = om
+            .lines()
+            .filter(|l| l.starts_with("vantage_http_client_request_duration_seconds_count"))
+            .collect();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert!(counts[0].ends_with(" 2"), "{counts:?}");
+    }
+
+    #[test]
+    fn floats_are_openmetrics_numbers() {
+        let mut o = String::new();
+        for v in [1.0, 0.005, f64::INFINITY, f64::NAN, 1e-7] {
+            float(&mut o, v);
+            o.push(' ');
+        }
+        assert_eq!(o, "1.0 0.005 +Inf NaN 1e-7 ");
+    }
+}

@@ -27,6 +27,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Pushes without the usual doubling: a journey's series are few and
+/// created once, and ten thousand journeys' spare capacity adds up.
+fn push_exact<T>(v: &mut Vec<T>, item: T) {
+    v.reserve_exact(1);
+    v.push(item);
+}
+
 /// The most recent observation that landed in one bucket.
 #[derive(Clone, Debug)]
 pub struct Exemplar {
@@ -90,7 +97,7 @@ impl Hist {
         };
         match self.exemplars.iter_mut().find(|e| e.bucket == bucket) {
             Some(slot) => *slot = e,
-            None => self.exemplars.push(e),
+            None => push_exact(&mut self.exemplars, e),
         }
     }
 
@@ -371,12 +378,15 @@ impl MetricStore {
                 Some(h) => h,
                 None => {
                     let key = HistKey::owned(key);
-                    st.hists.push(HistSeries {
-                        hist: Hist::new(key.bounds(), now),
-                        key,
-                        address: address.map(Into::into),
-                        error: error.map(Into::into),
-                    });
+                    push_exact(
+                        &mut st.hists,
+                        HistSeries {
+                            hist: Hist::new(key.bounds(), now),
+                            key,
+                            address: address.map(Into::into),
+                            error: error.map(Into::into),
+                        },
+                    );
                     // Just pushed.
                     let last = st.hists.len() - 1;
                     &mut st.hists[last]
@@ -480,10 +490,13 @@ impl MetricStore {
         {
             Some(i) => &mut st.probes[i],
             None => {
-                st.probes.push(ProbeState {
-                    address: address.map(Into::into),
-                    ..ProbeState::default()
-                });
+                push_exact(
+                    &mut st.probes,
+                    ProbeState {
+                        address: address.map(Into::into),
+                        ..ProbeState::default()
+                    },
+                );
                 let last = st.probes.len() - 1;
                 &mut st.probes[last]
             }
@@ -572,5 +585,162 @@ impl MetricStore {
             failures_metrics: self.failures_metrics.load(Ordering::Relaxed),
             journeys: self.journey_count.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::report::{Call, ErrorKind, HttpCall, PhaseTimings, StepError, StepReport};
+
+    /// A one-step HTTP run of `journey`; `status` 0 means the request failed.
+    pub(crate) fn http_run(
+        journey: &str,
+        address: Option<&str>,
+        status: u16,
+        ms: u64,
+    ) -> JourneyReport {
+        let failed = status >= 400 || status == 0;
+        let error = failed.then(|| StepError {
+            kind: if status == 0 {
+                ErrorKind::Connect
+            } else {
+                ErrorKind::Status(status)
+            },
+            phase: None,
+            message: "failed".into(),
+            screenshot: None,
+            page_url: None,
+        });
+        let phases = PhaseTimings {
+            connect: Some(Duration::from_micros(100)),
+            processing: Some(Duration::from_millis(ms)),
+            ..PhaseTimings::default()
+        };
+        JourneyReport {
+            journey: journey.into(),
+            location: "here".into(),
+            labels: Arc::new(BTreeMap::from([("team".to_string(), "sre".to_string())])),
+            address: address.map(Into::into),
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([8; 8]),
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(ms),
+            lateness: None,
+            outcome: if failed {
+                Outcome::Failed
+            } else {
+                Outcome::Passed
+            },
+            failed_step: failed.then_some(0),
+            steps: vec![StepReport {
+                name: "get".into(),
+                kind: "http",
+                span_id: SpanId([9; 8]),
+                started_at: SystemTime::now(),
+                duration: Duration::from_millis(ms),
+                outcome: if failed {
+                    StepOutcome::Failed
+                } else {
+                    StepOutcome::Passed
+                },
+                error,
+                calls: vec![Call {
+                    span_id: SpanId([10; 8]),
+                    started_at: SystemTime::now(),
+                    duration: Duration::from_millis(ms),
+                    error_type: failed.then(|| {
+                        if status == 0 {
+                            "connect".to_string()
+                        } else {
+                            status.to_string()
+                        }
+                    }),
+                    phases,
+                    detail: CallDetail::Http(HttpCall {
+                        method: "GET".into(),
+                        url: "http://127.0.0.1:1/".into(),
+                        server_address: "127.0.0.1".into(),
+                        server_port: 1,
+                        peer: None,
+                        status: (status != 0).then_some(status),
+                        protocol_version: Some("1.1"),
+                        tls: false,
+                        response_bytes: 2,
+                        cert_expiry: None,
+                    }),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn runs_accumulate_in_one_series_per_key_and_error() {
+        let s = MetricStore::new();
+        for ms in [3, 30, 300] {
+            s.record(&http_run("a", None, 200, ms));
+        }
+        s.record(&http_run("a", None, 503, 20));
+        let j = s.journeys();
+        assert_eq!(j.len(), 1);
+        let st = lock(&j[0].state);
+        // Journey, step and HTTP series for success, and again for 503
+        // (the HTTP series also differs by status code).
+        assert_eq!(st.hists.len(), 6);
+        let ok = st
+            .hists
+            .iter()
+            .find(|h| matches!(h.key, HistKey::Journey) && h.error.is_none())
+            .unwrap();
+        assert_eq!(ok.hist.count, 3);
+        assert!((ok.hist.sum - 0.333).abs() < 1e-9);
+        assert_eq!(ok.hist.min, 0.003);
+        assert_eq!(ok.hist.max, 0.3);
+        // 3 ms in (0.0, 0.005], 30 ms in (0.025, 0.05], 300 ms in (0.25, 0.5].
+        assert_eq!(ok.hist.counts[0], 1);
+        assert_eq!(ok.hist.counts[3], 1);
+        assert_eq!(ok.hist.counts[7], 1);
+        assert_eq!(ok.hist.exemplars.len(), 3, "one exemplar per bucket hit");
+        let bad = st
+            .hists
+            .iter()
+            .find(|h| matches!(h.key, HistKey::Journey) && h.error.is_some())
+            .unwrap();
+        assert_eq!(bad.error.as_deref(), Some("503"));
+        assert_eq!(st.probes.len(), 1);
+        assert!(!st.probes[0].success, "the last run decides probe_success");
+        assert_eq!(st.probes[0].http.as_ref().unwrap().status, 503);
+    }
+
+    #[test]
+    fn fanned_out_runs_keep_a_probe_state_per_address_and_forget_drops_all() {
+        let s = MetricStore::new();
+        s.record(&http_run("f", Some("10.0.0.1"), 200, 5));
+        s.record(&http_run("f", Some("10.0.0.2"), 0, 5));
+        s.skipped("f");
+        {
+            let j = s.journeys();
+            let st = lock(&j[0].state);
+            assert_eq!(st.probes.len(), 2);
+            assert!(st.probes[0].success && !st.probes[1].success);
+        }
+        s.forget("f");
+        assert!(s.journeys().is_empty());
+        assert!(s.totals().skipped.is_empty());
+    }
+
+    #[test]
+    fn an_exemplar_is_replaced_by_the_next_observation_in_its_bucket() {
+        let mut h = Hist::new(names::JOURNEY_BUCKETS, SystemTime::now());
+        h.observe_with(0.001, TraceId([1; 16]), SpanId([1; 8]), SystemTime::now());
+        h.observe_with(0.002, TraceId([2; 16]), SpanId([2; 8]), SystemTime::now());
+        assert_eq!(h.exemplars.len(), 1);
+        assert_eq!(h.exemplars[0].trace_id, TraceId([2; 16]));
+        assert_eq!(h.exemplars[0].value, 0.002);
+        // Above the last bound: the +Inf bucket.
+        h.observe(1000.0);
+        assert_eq!(h.counts[names::JOURNEY_BUCKETS.len()], 1);
     }
 }
