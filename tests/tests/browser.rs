@@ -27,6 +27,8 @@
 //!   the page URL in its step error.
 //! - Waiting for a browser slot (`max_browsers`) is not step time: two runs
 //!   that share one slot have step spans that do not overlap.
+//! - A run's clock stops when its browser has quit, before its profile is
+//!   deleted, while the run keeps its browser slot until the profile is gone.
 //! - The agent's overhead: its step durations for the login-then-chat
 //!   journey next to the same actions by a bare fantoccini script (printed,
 //!   not asserted).
@@ -1232,6 +1234,119 @@ async fn waiting_for_a_browser_slot_is_not_counted_as_step_time() {
         b.duration,
         a.duration
     );
+}
+
+/// When each of a rig's Chromium profiles was first seen in use, and when
+/// its directory was last seen on disk; watched from a plain thread.
+struct ProfileLife {
+    seen: Arc<Mutex<BTreeMap<String, (std::time::SystemTime, std::time::SystemTime)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProfileLife {
+    fn start(rig: &Rig) -> Self {
+        let path = rig.chromedriver.clone();
+        let seen: Arc<Mutex<BTreeMap<_, _>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let procs = processes();
+                    let now = std::time::SystemTime::now();
+                    let found = profiles(&descendants(&procs, &driver_pids(&path, &procs)));
+                    let mut seen = seen.lock().unwrap();
+                    for p in found {
+                        seen.entry(p).or_insert((now, now));
+                    }
+                    for (p, (_, present)) in seen.iter_mut() {
+                        if Path::new(p).exists() {
+                            *present = now;
+                        }
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        ProfileLife {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; returns `(profile, first seen in use, last seen on
+    /// disk)` in the order the profiles appeared.
+    fn finish(mut self) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let mut out: Vec<_> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, (first, last))| (p.clone(), *first, *last))
+            .collect();
+        out.sort_by_key(|(_, first, _)| *first);
+        out
+    }
+}
+
+impl Drop for ProfileLife {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A run's clock stops when its WebDriver session is closed: deleting the
+/// Chromium profile afterwards is the agent's work, not the target's. The
+/// run still holds its browser slot until the profile is gone, so with one
+/// slot the next run's browser starts only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ends_when_its_browser_quits_and_its_slot_is_held_until_the_profile_is_gone() {
+    let _slot = browser_slots(1).await;
+    let rig = Rig::new();
+    let pages = Pages::start().await;
+    let env = rig.env(1);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = one_step(
+        "quits",
+        "30s",
+        &pages.url("/ok"),
+        &[r##"wait_for: { css: "#ready", timeout: 5s }"##],
+        &[],
+    );
+    let journey = build_yaml(dir.path(), &yaml, &[]);
+    let life = ProfileLife::start(&rig);
+    let (a, b) = tokio::join!(run_one(&journey, &env), run_one(&journey, &env));
+    let seen = life.finish();
+    assert_passed(&a);
+    assert_passed(&b);
+    assert_eq!(seen.len(), 2, "two sessions: {seen:?}");
+    let mut ends: Vec<std::time::SystemTime> =
+        [&a, &b].iter().map(|r| r.started_at + r.duration).collect();
+    ends.sort();
+    for ((profile, _, last_on_disk), end) in seen.iter().zip(&ends) {
+        let after = last_on_disk.duration_since(*end).unwrap_or_else(|e| {
+            panic!(
+                "the run ended {:?} after its profile {profile} was last seen on disk: \
+                 its duration includes removing the profile",
+                e.duration()
+            )
+        });
+        println!("profile {profile} still on disk {after:?} after its run ended");
+    }
+    let (first_profile_last, second_profile_first) = (seen[0].2, seen[1].1);
+    assert!(
+        first_profile_last < second_profile_first,
+        "the second browser started while the first run's profile was still on disk: \
+         the slot was given up too early"
+    );
+    assert_profiles_removed(&seen.iter().map(|(p, _, _)| p.clone()).collect());
 }
 
 // ---------------------------------------------------------------------------

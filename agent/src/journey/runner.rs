@@ -225,8 +225,11 @@ async fn run_pinned(
             e.screenshot = shot.map(|p| p.display().to_string());
             e.page_url = url.map(|u| journey.redactor.redact(&u));
         }
-        session.close().await;
+        // The run ends when the browser has quit. Removing its profile is
+        // the agent's housekeeping, done in the run's browser slot.
+        let profile = session.quit().await;
         end = Instant::now();
+        profile.remove().await;
     }
     let duration = end - start;
     JourneyReport {

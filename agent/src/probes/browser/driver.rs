@@ -166,8 +166,10 @@ impl Driver {
             .map_err(|e| format!("cannot start a browser session at {url}: {e}"))?;
         Ok(Session {
             client: Some(client),
-            profile: Some(profile),
-            _permit: permit,
+            profile: Some(Profile {
+                dir: Some(profile),
+                _permit: Some(permit),
+            }),
         })
     }
 }
@@ -216,12 +218,28 @@ async fn start_chromedriver(path: &PathBuf) -> Result<LocalDriver, String> {
     }
 }
 
-/// One run's browser. Close it with [`Session::close`]; dropping it closes
-/// it in the background.
+/// One run's browser. Close it with [`Session::close`] (or [`Session::quit`]
+/// and then [`Profile::remove`]); dropping it closes it in the background.
 pub struct Session {
     client: Option<fantoccini::Client>,
-    profile: Option<tempfile::TempDir>,
-    _permit: OwnedSemaphorePermit,
+    profile: Option<Profile>,
+}
+
+/// A session's profile directory, with the session's browser slot. The slot
+/// is held until the profile is removed, so `max_browsers` bounds the
+/// browsers being cleaned up as well as the running ones.
+pub struct Profile {
+    dir: Option<tempfile::TempDir>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Profile {
+    /// Kills whatever still uses the profile and removes it.
+    pub async fn remove(mut self) {
+        if let Some(dir) = self.dir.take() {
+            remove_profile(dir).await;
+        }
+    }
 }
 
 impl Session {
@@ -229,17 +247,24 @@ impl Session {
         self.client.as_ref()
     }
 
-    /// Ends the WebDriver session (which quits Chromium), removes the
-    /// profile, and kills any process still using it. A hung page can keep
-    /// chromedriver busy, so the polite close gets two seconds; the kill
-    /// that follows frees chromedriver too.
-    pub async fn close(mut self) {
+    /// Ends the WebDriver session, which quits Chromium, and hands back the
+    /// profile to remove. A hung page can keep chromedriver busy, so the
+    /// polite close gets two seconds; the kill in [`Profile::remove`]
+    /// frees chromedriver too.
+    pub async fn quit(mut self) -> Profile {
         if let Some(c) = self.client.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
-        if let Some(p) = self.profile.take() {
-            remove_profile(p).await;
-        }
+        self.profile.take().unwrap_or(Profile {
+            dir: None,
+            _permit: None,
+        })
+    }
+
+    /// Ends the WebDriver session, removes the profile, and kills any
+    /// process still using it.
+    pub async fn close(self) {
+        self.quit().await.remove().await;
     }
 }
 
@@ -276,7 +301,7 @@ impl Drop for Session {
                 let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
             }
             if let Some(p) = profile {
-                remove_profile(p).await;
+                p.remove().await;
             }
         };
         match tokio::runtime::Handle::try_current() {

@@ -28,7 +28,7 @@ use super::{Ctx, ProbeError};
 use crate::journey::{Template, Vars};
 use crate::report::{Call, CallDetail, ErrorKind, HttpCall, Phase, PhaseTimings, SpanId};
 
-pub use driver::{BrowserOptions, BrowserSlot, Driver, Session};
+pub use driver::{BrowserOptions, BrowserSlot, Driver, Profile, Session};
 
 const INSTRUMENT: &str = include_str!("instrument.js");
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
