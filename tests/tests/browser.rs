@@ -27,6 +27,7 @@
 //!   the page URL in its step error.
 //! - Waiting for a browser slot (`max_browsers`) is not step time: two runs
 //!   that share one slot have step spans that do not overlap.
+//! - The agent's chromedriver listens on loopback addresses only.
 //! - A run's clock stops when its browser has quit, before its profile is
 //!   deleted, while the run keeps its browser slot until the profile is gone.
 //! - The agent's overhead: its step durations for the login-then-chat
@@ -1347,6 +1348,79 @@ async fn run_ends_when_its_browser_quits_and_its_slot_is_held_until_the_profile_
          the slot was given up too early"
     );
     assert_profiles_removed(&seen.iter().map(|(p, _, _)| p.clone()).collect());
+}
+
+/// The addresses listening on TCP `port` in this network namespace, from
+/// /proc/net/tcp and /proc/net/tcp6.
+fn listening_on(port: u16) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `sl local_address rem_address st`; 0A is LISTEN.
+            let (Some(local), Some("0A")) = (fields.get(1), fields.get(3).copied()) else {
+                continue;
+            };
+            let (addr, p) = local.split_once(':').unwrap();
+            if u16::from_str_radix(p, 16).unwrap() != port {
+                continue;
+            }
+            // The address is printed as 32-bit words in host byte order.
+            let bytes: Vec<u8> = (0..addr.len() / 8)
+                .flat_map(|i| {
+                    u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16)
+                        .unwrap()
+                        .to_le_bytes()
+                })
+                .collect();
+            out.push(match bytes.len() {
+                4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).unwrap()),
+                _ => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).unwrap()),
+            });
+        }
+    }
+    out
+}
+
+/// The agent's own chromedriver takes WebDriver commands, which can start
+/// programs, so it must not listen beyond loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_chromedriver_listens_on_loopback_only() {
+    let _slot = browser_slots(1).await;
+    let rig = Rig::new();
+    let pages = Pages::start().await;
+    let env = rig.env(1);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = one_step(
+        "starts-the-driver",
+        "30s",
+        &pages.url("/ok"),
+        &[r##"wait_for: { css: "#ready", timeout: 5s }"##],
+        &[],
+    );
+    assert_passed(&run_one(&build_yaml(dir.path(), &yaml, &[]), &env).await);
+    let procs = processes();
+    let drivers = rig.drivers(&procs);
+    assert_eq!(drivers.len(), 1, "this test's chromedriver");
+    let driver = procs.iter().find(|p| p.pid == drivers[0]).unwrap();
+    let port: u16 = driver
+        .argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--port="))
+        .unwrap_or_else(|| panic!("no --port in {:?}", driver.argv))
+        .parse()
+        .unwrap();
+    let addresses = listening_on(port);
+    println!("chromedriver {:?} listens on {addresses:?}", driver.argv);
+    assert!(
+        !addresses.is_empty(),
+        "nothing listens on chromedriver's port {port}"
+    );
+    assert!(
+        addresses.iter().all(|a| a.is_loopback()),
+        "chromedriver listens beyond loopback on port {port}: {addresses:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

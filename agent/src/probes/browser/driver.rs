@@ -179,9 +179,11 @@ async fn start_chromedriver(path: &PathBuf) -> Result<LocalDriver, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port for chromedriver: {e}"))?
         .port();
+    // No `--allowed-ips`: with it chromedriver listens on every interface
+    // (refusing other hosts only once connected); without it, on loopback
+    // only.
     let child = tokio::process::Command::new(path)
         .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
