@@ -702,8 +702,9 @@ class Harness:
                 "machine": machine, "listen_overflows": overflows}
 
     def write_journeys(self, d: Path, n: int, every: str, url: str, prefix: str = "j") -> None:
-        # At most 5,000 journeys per file: the YAML parser's budget (200,000 nodes per
-        # document) refuses a single file of 20,000.
+        # 5,000 journeys per file, as a large deployment would split them (one file
+        # may hold about 100,000 small journeys: the agent's YAML budget is 1,000,000
+        # nodes per file).
         d.mkdir(parents=True, exist_ok=True)
         per_file = 5000
         for part in range(0, n, per_file):

@@ -139,11 +139,21 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// YAML nodes one file may hold: a small journey is about ten, so about
+/// 100,000 journeys. The budget bounds what a hostile file can cost.
+pub const MAX_NODES: usize = 1_000_000;
+
 /// Parses one file: a mapping is one journey, a sequence is a list.
 pub fn parse_file(source: &SourceFile) -> Result<Vec<JourneyConfig>, ConfigError> {
-    // Journeys are small; the budget bounds what a hostile file can cost.
+    parse_with_budget(source, MAX_NODES)
+}
+
+fn parse_with_budget(
+    source: &SourceFile,
+    max_nodes: usize,
+) -> Result<Vec<JourneyConfig>, ConfigError> {
     let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! { max_depth: 64, max_nodes: 200_000 },
+        budget: serde_saphyr::budget! { max_depth: 64, max_nodes: max_nodes },
     };
     let result = if is_sequence(&source.text) {
         serde_saphyr::from_str_with_options::<Vec<JourneyConfig>>(&source.text, options)
@@ -160,9 +170,27 @@ pub fn parse_file(source: &SourceFile) -> Result<Vec<JourneyConfig>, ConfigError
             line,
             column,
             path: String::new(),
-            message: first_line(&e.without_snippet().to_string()),
+            message: budget_words(first_line(&e.without_snippet().to_string()), max_nodes),
         }
     })
+}
+
+/// The parser reports a breached budget in its `Debug` form
+/// (`budget breached: Nodes { nodes: 200001 }`); say what it means.
+fn budget_words(message: String, max_nodes: usize) -> String {
+    if !message.starts_with("budget breached") {
+        return message;
+    }
+    if message.contains("Nodes") {
+        format!(
+            "file too large: more than {max_nodes} YAML nodes (about {} small journeys); split it into several files",
+            max_nodes / 10
+        )
+    } else if message.contains("Depth") {
+        "file too deeply nested: more than 64 levels".to_string()
+    } else {
+        format!("file refused by the YAML parser's limits ({message})")
+    }
 }
 
 /// Whether the first meaningful line of a YAML document starts a sequence.
@@ -180,5 +208,47 @@ fn first_line(msg: &str) -> String {
     match line.rfind(" at line ") {
         Some(i) => line[..i].to_string(),
         None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journeys(n: usize) -> SourceFile {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!(
+                "- name: j{i}\n  schedule: {{ every: 10s }}\n  steps:\n    - name: get\n      http: {{ url: \"http://127.0.0.1:1/\" }}\n"
+            ));
+        }
+        SourceFile {
+            path: PathBuf::from("many.yaml"),
+            display: "many.yaml".into(),
+            text,
+        }
+    }
+
+    #[test]
+    fn a_file_over_the_node_budget_is_refused_in_words() {
+        let source = journeys(50);
+        assert_eq!(
+            parse_with_budget(&source, 10_000).map(|j| j.len()).ok(),
+            Some(50)
+        );
+        let e = parse_with_budget(&source, 100).unwrap_err();
+        assert_eq!(
+            e.message,
+            "file too large: more than 100 YAML nodes (about 10 small journeys); split it into several files"
+        );
+        assert!(e.line > 0, "the error points into the file");
+    }
+
+    #[test]
+    fn ten_thousand_journeys_fit_in_one_file() {
+        assert_eq!(
+            parse_file(&journeys(10_000)).map(|j| j.len()).ok(),
+            Some(10_000)
+        );
     }
 }
