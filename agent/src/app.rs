@@ -4,7 +4,8 @@
 //! triggers a reload; an invalid new config is rejected with its errors
 //! logged and the old set keeps running. SIGTERM/SIGINT stop scheduling,
 //! let in-flight runs finish within the grace period (then cancel them, so
-//! they still report), and flush the exporters.
+//! they still report), close every browser session, and flush the
+//! exporters.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -172,8 +173,20 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             "grace period over; cancelling the remaining runs"
         );
         scheduler.cancel_runs.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), scheduler.tracker.wait()).await;
     }
+    // Browsers are closed alongside the cancelled runs, and before the
+    // process exits: a run stuck on a hung page would wait on it in every
+    // WebDriver call of its own cleanup, and a cleanup still running when
+    // the runtime stops would be dropped.
+    let browsers = async {
+        if let Some(b) = &scheduler.env.probes.browser {
+            b.shutdown().await;
+        }
+    };
+    let runs = async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), scheduler.tracker.wait()).await;
+    };
+    tokio::join!(browsers, runs);
     drop(scheduler);
     server_stop.cancel();
     let _ = server.await;

@@ -3,12 +3,20 @@
 //! old journeys keep running), graceful SIGTERM that lets an in-flight run
 //! finish and flushes its spans, cancellation past the grace period, and a
 //! collector outage that neither crashes the agent nor grows its memory,
-//! with export resuming when the collector returns.
+//! with export resuming when the collector returns, and browser runs stuck
+//! on a hung page that leave no Chromium and no profile behind when the
+//! agent stops.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use tokio::sync::Semaphore;
 use vantage_tests::agent::{AgentProcess, sample};
 use vantage_tests::{Receiver, start_echo};
 
@@ -269,4 +277,172 @@ async fn collector_outage_is_survived_and_export_resumes() {
         .wait_for_log("span export recovered", Duration::from_secs(30))
         .await
         .unwrap();
+}
+
+/// Calls back, then spins its renderer forever: every later WebDriver call
+/// of the session waits behind it.
+const HANGING_PAGE: &str = "<!doctype html><html><head><title>Hangs</title></head>\
+<body><h1>Hangs</h1><script>\
+addEventListener('load', () => fetch('/hanging').then(() => { for (;;) {} }));\
+</script></body></html>";
+
+/// Live processes whose command line names `dir` (Chromium and its helpers
+/// name their profile, which the agent creates under `$TMPDIR`), and the
+/// profile directories left in it.
+fn browser_leftovers(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
+    let needle = dir.display().to_string();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Zombies have an empty command line: they are no longer running.
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmd.contains(&needle) {
+            procs.push(format!("{pid}: {}", cmd.chars().take(160).collect::<String>()));
+        }
+    }
+    let profiles = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vantage-chromium-"))
+        })
+        .collect();
+    (procs, profiles)
+}
+
+/// Chromium started through a wrapper: the first launch at once, every
+/// later one only after 30 s, as on a machine so loaded that a browser is
+/// still starting when the agent stops. The waiting wrapper names the
+/// profile on its command line, as Chromium does.
+fn chromium_slow_after_the_first(dir: &Path) -> PathBuf {
+    let script = dir.join("chromium");
+    let first = dir.join("first-launch");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             if mkdir {first} 2>/dev/null; then exec /usr/bin/chromium \"$@\"; fi\n\
+             exec python3 -c 'import os, sys, time; time.sleep(30); os.execv(sys.argv[1], sys.argv[1:])' \
+             /usr/bin/chromium \"$@\"\n",
+            first = first.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    script
+}
+
+/// SIGTERM while browser runs are still going past the grace period, one
+/// stuck on a page that hangs and one whose browser is still starting: the
+/// agent cancels them and, before it exits, ends their sessions, kills
+/// their Chromium and removes their profiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_browser_runs_stuck_on_a_hung_page_leaves_no_browser_behind() {
+    let hung = Arc::new(Semaphore::new(0));
+    let app = {
+        let hung = hung.clone();
+        Router::new()
+            .route("/hangs", get(|| async { Html(HANGING_PAGE) }))
+            .route(
+                "/hanging",
+                get(move || {
+                    hung.add_permits(1);
+                    async { "ok" }
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hangs", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    // The agent's profiles go to a directory of this test's own.
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let chromium = chromium_slow_after_the_first(bin.path());
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["hung-a", "hung-b"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nschedule: {{ every: 1s }}\ntimeout: 60s\nsteps:\n  - name: open\n    browser:\n      - goto: \"{url}\"\n      - wait_for: {{ css: \"#never\", timeout: 50s }}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut agent = AgentProcess::start(
+        &[dir.path()],
+        &[
+            "--grace",
+            "1s",
+            "--max-browsers",
+            "2",
+            "--chromium",
+            chromium.to_str().unwrap(),
+        ],
+        &[("TMPDIR", tmp.path().to_str().unwrap())],
+    )
+    .await
+    .unwrap();
+    // One page loaded and spins; the other run's browser is starting.
+    let stuck = tokio::time::timeout(Duration::from_secs(60), hung.acquire()).await;
+    assert!(
+        stuck.is_ok(),
+        "the page did not load; logs:\n{}",
+        agent.logs()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (running, profiles) = browser_leftovers(tmp.path());
+        if profiles.len() == 2 && running.iter().any(|p| p.contains("time.sleep")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second browser did not start: {running:#?} {profiles:?}; logs:\n{}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let t0 = tokio::time::Instant::now();
+    agent.signal("TERM").unwrap();
+    let status = agent.wait_exit(Duration::from_secs(30)).await.unwrap();
+    let took = t0.elapsed();
+    // Checked at once: the agent must have cleaned up before exiting.
+    let (running, profiles) = browser_leftovers(tmp.path());
+    server.abort();
+    // A failed check leaves nothing running either.
+    for p in &running {
+        let pid = p.split(':').next().unwrap();
+        let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+    }
+    assert!(status.success(), "exit {status:?}; logs:\n{}", agent.logs());
+    assert!(
+        agent.logs().contains("grace period over"),
+        "{}",
+        agent.logs()
+    );
+    assert!(
+        running.is_empty(),
+        "Chromium outlived the agent: {running:#?}\nlogs:\n{}",
+        agent.logs()
+    );
+    assert!(
+        profiles.is_empty(),
+        "profile directories outlived the agent: {profiles:?}"
+    );
+    println!("stopped in {took:?} with two browser runs past the grace period (1s)");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 }
