@@ -293,7 +293,11 @@ fn browser_leftovers(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
     let needle = dir.display().to_string();
     let mut procs = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Zombies have an empty command line: they are no longer running.
@@ -302,7 +306,10 @@ fn browser_leftovers(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
         };
         let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmd.contains(&needle) {
-            procs.push(format!("{pid}: {}", cmd.chars().take(160).collect::<String>()));
+            procs.push(format!(
+                "{pid}: {}",
+                cmd.chars().take(160).collect::<String>()
+            ));
         }
     }
     let profiles = std::fs::read_dir(dir)
@@ -426,7 +433,9 @@ async fn sigterm_with_browser_runs_stuck_on_a_hung_page_leaves_no_browser_behind
     // A failed check leaves nothing running either.
     for p in &running {
         let pid = p.split(':').next().unwrap();
-        let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
     }
     assert!(status.success(), "exit {status:?}; logs:\n{}", agent.logs());
     assert!(

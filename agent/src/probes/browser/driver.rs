@@ -274,8 +274,9 @@ impl Driver {
                 }
             }
         });
-        rx.await
-            .map_err(|_| "the browser session was not started: the agent is shutting down".to_string())?
+        rx.await.map_err(|_| {
+            "the browser session was not started: the agent is shutting down".to_string()
+        })?
     }
 
     /// Ends every session still open, for an agent that is stopping; it
