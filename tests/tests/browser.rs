@@ -28,6 +28,11 @@
 //! - Waiting for a browser slot (`max_browsers`) is not step time: two runs
 //!   that share one slot have step spans that do not overlap.
 //! - The agent's chromedriver listens on loopback addresses only.
+//! - A passing login-then-chat run makes only the WebDriver calls its
+//!   actions need, plus one per look of its waits, which look every 50 ms.
+//!   A look decides visibility as WebDriver's Is Element Displayed does.
+//!   A request a step's page started and that answers just after the step's
+//!   wait is still that step's.
 //! - A run's clock stops when its browser has quit, before its profile is
 //!   deleted, while the run keeps its browser slot until the profile is gone.
 //! - The agent's overhead: its step durations for the login-then-chat
@@ -553,6 +558,70 @@ const BEACON_PAGE: &str = "<!doctype html><html><head><title>Beacon</title></hea
 addEventListener('load', () => setTimeout(() => fetch('/loaded'), 300));\
 </script></body></html>";
 
+/// Shows `#late` a second after it loaded.
+const LATE_PAGE: &str = "<!doctype html><html><head><title>Late</title></head>\
+<body><h1 id=\"ready\">Ready</h1><script>\
+addEventListener('load', () => setTimeout(() => {\
+  const p = document.createElement('p'); p.id = 'late'; p.textContent = 'Here';\
+  document.body.appendChild(p); }, 1000));\
+</script></body></html>";
+
+/// Shows `#shown` when it has loaded, then calls `/slow`, which answers
+/// after 300 ms.
+const SHOWS_THEN_CALLS_PAGE: &str = "<!doctype html><html><head><title>Calls</title></head>\
+<body><script>\
+addEventListener('load', () => {\
+  const p = document.createElement('p'); p.id = 'shown'; p.textContent = 'Shown';\
+  document.body.appendChild(p); fetch('/slow'); });\
+</script></body></html>";
+
+/// Elements WebDriver calls displayed, or not, each with its id and
+/// whether it is displayed.
+const VISIBILITY_CASES: &[(&str, bool)] = &[
+    ("plain", true),
+    ("none", false),
+    ("in-none", false),
+    ("hidden", false),
+    ("in-hidden", false),
+    ("shown-in-hidden", true),
+    ("transparent", false),
+    ("in-transparent", false),
+    ("empty", false),
+    ("zero-with-child", true),
+    ("clipped", false),
+    ("scrolled-away", true),
+    ("fixed-in-clip", true),
+    ("absolute-in-clip", false),
+    ("off-left", false),
+    ("far-below", true),
+    ("option", true),
+    ("hidden-option", false),
+    ("hidden-input", false),
+];
+
+const VISIBILITY_PAGE: &str = r#"<!doctype html><html><head><title>Visibility</title></head><body>
+<p id="plain">plain</p>
+<p id="none" style="display:none">none</p>
+<div style="display:none"><p id="in-none">in none</p></div>
+<p id="hidden" style="visibility:hidden">hidden</p>
+<div style="visibility:hidden"><p id="in-hidden">in hidden</p>
+  <p id="shown-in-hidden" style="visibility:visible">shown in hidden</p></div>
+<p id="transparent" style="opacity:0">transparent</p>
+<div style="opacity:0"><p id="in-transparent">in transparent</p></div>
+<div id="empty"></div>
+<span id="zero-with-child" style="display:inline-block;width:0;height:0">
+  <span style="display:inline-block;width:20px;height:10px;background:red"></span></span>
+<div style="overflow:hidden;height:0"><p id="clipped">clipped</p></div>
+<div style="overflow:auto;height:20px"><p style="margin-top:100px" id="scrolled-away">scrolled away</p></div>
+<div style="overflow:hidden;height:0"><p id="fixed-in-clip" style="position:fixed;top:0;right:0">fixed</p></div>
+<div style="overflow:hidden;height:0;position:relative"><p id="absolute-in-clip" style="position:absolute;top:50px">absolute</p></div>
+<p id="off-left" style="position:absolute;left:-9999px">off left</p>
+<select><option id="option">one</option></select>
+<select style="display:none"><option id="hidden-option">two</option></select>
+<input id="hidden-input" type="hidden" value="x">
+<p id="far-below" style="margin-top:3000px">far below</p>
+</body></html>"#;
+
 /// The test's own pages on 127.0.0.1; stops when dropped.
 struct Pages {
     addr: SocketAddr,
@@ -570,6 +639,16 @@ impl Pages {
             .route("/throws", get(|| async { Html(THROWING_PAGE) }))
             .route("/hangs", get(|| async { Html(HANGING_PAGE) }))
             .route("/beacon", get(|| async { Html(BEACON_PAGE) }))
+            .route("/late", get(|| async { Html(LATE_PAGE) }))
+            .route("/calls", get(|| async { Html(SHOWS_THEN_CALLS_PAGE) }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            )
+            .route("/visibility", get(|| async { Html(VISIBILITY_PAGE) }))
             .route(
                 "/loaded",
                 get(move || {
@@ -1423,6 +1502,268 @@ async fn agents_chromedriver_listens_on_loopback_only() {
     );
 }
 
+/// One WebDriver command as chromedriver logged it (`--log-path`).
+#[derive(Debug)]
+struct Logged {
+    /// Seconds, chromedriver's clock.
+    at: f64,
+    command: String,
+    response: bool,
+    /// `wait_for`'s look at the page (its script), or the answer to one.
+    look: bool,
+}
+
+/// The commands and responses in a chromedriver log, in order.
+fn driver_log(path: &Path) -> Vec<Logged> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<Logged> = Vec::new();
+    for line in text.lines() {
+        // `[1795322006.418][INFO]: [session] COMMAND ExecuteScript {`
+        let Some(rest) = line.strip_prefix('[') else {
+            if line.contains("const [css, xpath, visible] = arguments")
+                && let Some(last) = out.last_mut()
+                && !last.response
+            {
+                last.look = true;
+            }
+            continue;
+        };
+        let Some((at, rest)) = rest.split_once("][INFO]: [") else {
+            continue;
+        };
+        let Some((_session, rest)) = rest.split_once("] ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let response = match words.next() {
+            Some("COMMAND") => false,
+            Some("RESPONSE") => true,
+            _ => continue,
+        };
+        // Commands of a session are answered in order, one at a time.
+        let look = response && out.last().is_some_and(|c| !c.response && c.look);
+        out.push(Logged {
+            at: at.parse().unwrap_or_default(),
+            command: words.next().unwrap_or_default().to_string(),
+            response,
+            look,
+        });
+    }
+    out
+}
+
+/// A passing login-then-chat run makes the calls the actions need and one
+/// per look of its waits, and nothing else: no visibility call per element,
+/// no URL, title or log reads, no URL read before navigating. The waits look
+/// again every 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_makes_only_the_webdriver_calls_its_actions_need() {
+    let _slot = browser_slots(1).await;
+    let demo = Demo::healthy().await;
+    let pages = Pages::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("chromedriver.log");
+    let (_driver, webdriver) = chromedriver_with(&[format!("--log-path={}", log.display())]).await;
+    let env = RunEnv {
+        location: "test".into(),
+        probes: Arc::new(
+            ProbeEnv::with_browser(BrowserOptions {
+                webdriver: Some(webdriver),
+                max_browsers: 1,
+                ..BrowserOptions::default()
+            })
+            .unwrap(),
+        ),
+    };
+    let journey = build_path(&movie_guru_yaml(), &[("app", &demo.frontend.base_url())]);
+    assert_passed(&run_one(&journey, &env).await);
+    let calls: Vec<Logged> = driver_log(&log)
+        .into_iter()
+        .filter(|c| !c.response)
+        .collect();
+    let looks = calls.iter().filter(|c| c.look).count();
+    let others: Vec<&str> = calls
+        .iter()
+        .filter(|c| !c.look)
+        .map(|c| c.command.as_str())
+        .collect();
+    println!(
+        "login-then-chat: {} WebDriver calls, {looks} of them looks of its waits",
+        calls.len()
+    );
+    assert_eq!(
+        others,
+        [
+            // log in: the session, the instrumentation, the page
+            "InitSession",
+            "ExecuteCDP",
+            "Navigate",
+            // fill, click
+            "FindElement",
+            "ClearElement",
+            "TypeElement",
+            "FindElement",
+            "ClickElement",
+            // what the page did, its URL and title
+            "ExecuteAsyncScript",
+            // chat: fill and submit
+            "FindElement",
+            "ClearElement",
+            "TypeElement",
+            // what the page did, its URL and title, the `absent` element
+            "ExecuteAsyncScript",
+            "Quit",
+        ],
+        "calls besides the waits' looks"
+    );
+    assert!(looks >= 3, "{looks} looks for three waits");
+
+    // A wait for an element that appears after a second looks every 50 ms
+    // (plus the look itself and the time to wake up).
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = one_step(
+        "late",
+        "30s",
+        &pages.url("/late"),
+        &[r##"wait_for: { css: "#late", timeout: 10s }"##],
+        &[],
+    );
+    let before = driver_log(&log).len();
+    assert_passed(&run_one(&build_yaml(dir.path(), &yaml, &[]), &env).await);
+    let entries = driver_log(&log).split_off(before);
+    let mut gaps: Vec<f64> = entries
+        .windows(2)
+        .filter(|w| w[0].response && w[0].look && !w[1].response && w[1].look)
+        .map(|w| w[1].at - w[0].at)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    assert!(
+        gaps.len() >= 5,
+        "only {} looks in a second: {gaps:?}",
+        gaps.len() + 1
+    );
+    let median = gaps[gaps.len() / 2];
+    println!(
+        "wait_for looked {} times; median pause between looks {:.0} ms",
+        gaps.len() + 1,
+        median * 1000.0
+    );
+    assert!(
+        median < 0.090,
+        "wait_for pauses {:.0} ms between looks",
+        median * 1000.0
+    );
+}
+
+/// A page that shows what the step waits for and then calls its backend:
+/// the call is the step's, which ends when the call has answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_step_started_is_the_steps_even_when_it_answers_after_the_wait() {
+    let _slot = browser_slots(1).await;
+    let rig = Rig::new();
+    let pages = Pages::start().await;
+    let env = rig.env(1);
+    let yaml = format!(
+        "name: calls\ntimeout: 30s\nsteps:\n  - name: open\n    browser:\n      - goto: \"{}\"\n      - wait_for: {{ css: \"#shown\", timeout: 5s }}\n    expect:\n      backend_requests: all_ok\n  - name: again\n    browser:\n      - wait_for: {{ css: \"#shown\", timeout: 5s }}\n",
+        pages.url("/calls")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_one(&build_yaml(dir.path(), &yaml, &[]), &env).await;
+    assert_passed(&report);
+    let slow = ("GET".to_string(), pages.url("/slow"));
+    assert!(
+        requests(&report.steps[0]).contains(&slow),
+        "GET /slow is not a call of the step that started it: {:?}, next step {:?}",
+        requests(&report.steps[0]),
+        requests(&report.steps[1])
+    );
+    assert!(
+        requests(&report.steps[1]).is_empty(),
+        "{:?}",
+        requests(&report.steps[1])
+    );
+    let (call, h) = http_calls(&report.steps[0])
+        .into_iter()
+        .find(|(_, h)| h.url == slow.1)
+        .unwrap();
+    assert_eq!(h.status, Some(200));
+    let step = &report.steps[0];
+    assert!(
+        call.started_at + call.duration
+            <= step.started_at + step.duration + Duration::from_millis(50),
+        "the call ended after its step"
+    );
+}
+
+/// `wait_for` decides in one look whether an element is displayed; it must
+/// agree with WebDriver's own answer (Is Element Displayed) on the kinds of
+/// hidden, clipped and unsized elements pages have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_visible_agrees_with_webdrivers_is_displayed() {
+    let _slot = browser_slots(1).await;
+    let rig = Rig::new();
+    let pages = Pages::start().await;
+    let url = pages.url("/visibility");
+
+    // WebDriver's answers, from a bare session.
+    let (_driver, webdriver) = bare_chromedriver().await;
+    let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+    let profile = tempfile::Builder::new()
+        .prefix("bare-chromium-")
+        .tempdir()
+        .unwrap();
+    args.push(format!("--user-data-dir={}", profile.path().display()));
+    let mut chrome = json!({ "args": args });
+    if let Some(bin) = BrowserOptions::default().chromium {
+        chrome["binary"] = json!(bin);
+    }
+    let caps = json!({ "browserName": "chrome", "goog:chromeOptions": chrome })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let c =
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&webdriver)
+            .await
+            .unwrap();
+    c.goto(&url).await.unwrap();
+    let mut webdriver_says = Vec::new();
+    for (id, _) in VISIBILITY_CASES {
+        let el = c.find(Locator::Id(id)).await.unwrap();
+        webdriver_says.push((*id, el.is_displayed().await.unwrap()));
+    }
+    c.close().await.unwrap();
+
+    // The agent's: one step per element, each waiting briefly.
+    let mut yaml = format!(
+        "name: visibility\ntimeout: 60s\nsteps:\n  - name: open\n    browser:\n      - goto: \"{url}\"\n"
+    );
+    for (id, _) in VISIBILITY_CASES {
+        yaml.push_str(&format!(
+            "  - name: {id}\n    continue_on_failure: true\n    browser:\n      - wait_for: {{ css: \"#{id}\", timeout: 300ms }}\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = rig.env(1);
+    let report = run_one(&build_yaml(dir.path(), &yaml, &[]), &env).await;
+    assert_eq!(report.steps[0].outcome, StepOutcome::Passed, "{report:#?}");
+    let agent_says: Vec<(&str, bool)> = VISIBILITY_CASES
+        .iter()
+        .zip(&report.steps[1..])
+        .map(|((id, _), step)| (*id, step.outcome == StepOutcome::Passed))
+        .collect();
+    assert_eq!(
+        agent_says, webdriver_says,
+        "wait_for (left) against WebDriver (right)"
+    );
+    assert_eq!(
+        webdriver_says,
+        VISIBILITY_CASES.to_vec(),
+        "WebDriver's answers (left) against the fixture's (right)"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 5. Screenshot and page URL of a failed run
 // ---------------------------------------------------------------------------
@@ -1476,9 +1817,16 @@ const CHROMIUM_ARGS: &[&str] = &[
 
 /// A chromedriver for the bare script; killed when dropped.
 async fn bare_chromedriver() -> (tokio::process::Child, String) {
+    chromedriver_with(&[]).await
+}
+
+/// A chromedriver of the test's own with extra arguments; killed when
+/// dropped.
+async fn chromedriver_with(extra: &[String]) -> (tokio::process::Child, String) {
     let port = free_port();
     let child = tokio::process::Command::new(which("chromedriver"))
         .arg(format!("--port={port}"))
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -1602,9 +1950,19 @@ fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Rounds of the overhead comparison: 3, or `VANTAGE_OVERHEAD_ROUNDS` for
+/// a steadier reading.
+fn overhead_rounds() -> usize {
+    std::env::var("VANTAGE_OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_overhead_against_a_bare_fantoccini_script() {
-    const ROUNDS: usize = 3;
+    let rounds = overhead_rounds();
     let _slot = browser_slots(1).await;
     let rig = Rig::new();
     let demo = Demo::healthy().await;
@@ -1620,7 +1978,7 @@ async fn browser_overhead_against_a_bare_fantoccini_script() {
     // [log in, chat, whole run with session close] per round, alternating.
     let mut agent: [Vec<Duration>; 3] = Default::default();
     let mut bare: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let report = run_one(&journey, &env).await;
         assert_passed(&report);
         for (i, d) in [
@@ -1638,8 +1996,11 @@ async fn browser_overhead_against_a_bare_fantoccini_script() {
             bare[i].push(t);
         }
     }
+    // Noise only adds time, so each side's fastest run is the steadiest
+    // reading of its own cost; the median is printed too.
     println!(
-        "browser overhead, median of {ROUNDS} runs each (agent step durations vs bare fantoccini):"
+        "browser overhead over {rounds} runs each (agent step durations vs bare fantoccini), \
+         median | fastest:"
     );
     for (i, name) in [
         "log in (incl. session start)",
@@ -1650,13 +2011,19 @@ async fn browser_overhead_against_a_bare_fantoccini_script() {
     .enumerate()
     {
         let (a, b) = (median(&agent[i]), median(&bare[i]));
+        let fastest = |v: &[Duration]| v.iter().copied().min().unwrap_or_default();
+        let (fa, fb) = (fastest(&agent[i]), fastest(&bare[i]));
         println!(
-            "  {name:32} agent {:6.0} ms  bare {:6.0} ms  ratio {:.2}  ({:+.0} ms)",
+            "  {name:32} agent {:6.0} ms  bare {:6.0} ms  ratio {:.2}  ({:+4.0} ms) | \
+             agent {:6.0} ms  bare {:6.0} ms  ratio {:.2}",
             ms(a),
             ms(b),
             a.as_secs_f64() / b.as_secs_f64(),
-            ms(a) - ms(b)
+            ms(a) - ms(b),
+            ms(fa),
+            ms(fb),
+            fa.as_secs_f64() / fb.as_secs_f64(),
         );
     }
-    assert!(agent.iter().chain(&bare).all(|v| v.len() == ROUNDS));
+    assert!(agent.iter().chain(&bare).all(|v| v.len() == rounds));
 }

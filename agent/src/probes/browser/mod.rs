@@ -10,6 +10,13 @@
 //! scripts; it comes from Chromium's DevTools network log, which
 //! chromedriver exposes as the `performance` log. Each backend request
 //! becomes a CLIENT call of the step, so it is a span of its own.
+//!
+//! Every WebDriver call is a round trip through chromedriver into the page,
+//! and the step's time, so each does as much as it can: a `wait_for` look
+//! finds and checks visibility in one script, and the end of a step reads
+//! the records, the URL, the title and its `absent` elements in one script,
+//! after the requests the step started have answered (at most a second).
+//! The network log is read only when a request failed or the step did.
 
 pub mod driver;
 
@@ -31,8 +38,77 @@ use crate::report::{Call, CallDetail, ErrorKind, HttpCall, Phase, PhaseTimings, 
 pub use driver::{BrowserOptions, BrowserSlot, Driver, Profile, Session};
 
 const INSTRUMENT: &str = include_str!("instrument.js");
+
+/// `wait_for`'s look at the page, one WebDriver call: whether an element
+/// matches the CSS selector or the XPath (`arguments[0]` or `[1]`) and,
+/// when `arguments[2]` asks, is displayed. "Displayed" follows WebDriver's
+/// element-displayedness (the Selenium atom chromedriver uses): not hidden
+/// by `display`, `visibility` or zero opacity up the tree, with a box of
+/// some size (its own or a descendant's), not clipped away entirely by an
+/// ancestor that hides its overflow, and not off the top or left of the
+/// page; an `<option>` counts as its `<select>`; `<input type=hidden>` and
+/// `<noscript>` never count.
+const SHOWN: &str = r#"
+const [css, xpath, visible] = arguments;
+let found = [];
+if (css !== null) {
+  found = Array.from(document.querySelectorAll(css));
+} else {
+  const r = document.evaluate(xpath, document, null, XPathResult.ORDERED_NODE_SNAPSHOT_TYPE, null);
+  for (let i = 0; i < r.snapshotLength; i++) {
+    const n = r.snapshotItem(i);
+    if (n.nodeType === Node.ELEMENT_NODE) found.push(n);
+  }
+}
+if (!visible) return found.length > 0;
+const styled = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const cs = getComputedStyle(e);
+    if (cs.display === 'none' || Number(cs.opacity) === 0) return false;
+  }
+  const v = getComputedStyle(el).visibility;
+  return v !== 'hidden' && v !== 'collapse';
+};
+const sized = (r) => r.width > 0 && r.height > 0;
+const shown = (el) => {
+  const tag = el.tagName.toUpperCase();
+  if (tag === 'OPTION' || tag === 'OPTGROUP') {
+    const select = el.closest('select');
+    return select !== null && shown(select);
+  }
+  if (tag === 'NOSCRIPT' || (tag === 'INPUT' && String(el.type).toLowerCase() === 'hidden')) return false;
+  const visibleStyle = el.checkVisibility
+    ? el.checkVisibility({ opacityProperty: true, visibilityProperty: true })
+    : styled(el);
+  if (!visibleStyle) return false;
+  let box = el.getBoundingClientRect();
+  if (!sized(box)) {
+    const child = Array.from(el.querySelectorAll('*')).find((c) => sized(c.getBoundingClientRect()));
+    if (!child) return false;
+    box = child.getBoundingClientRect();
+  }
+  // Only containing blocks clip: none for a fixed box, positioned
+  // ancestors for an absolute one.
+  let position = getComputedStyle(el).position;
+  for (let p = el.parentElement; p && position !== 'fixed'; p = p.parentElement) {
+    const cs = getComputedStyle(p);
+    if (position === 'absolute' && cs.position === 'static') continue;
+    if (/hidden|clip/.test(cs.overflowX + ' ' + cs.overflowY)) {
+      const c = p.getBoundingClientRect();
+      if (box.right <= c.left || box.left >= c.right || box.bottom <= c.top || box.top >= c.bottom) return false;
+    }
+    position = cs.position;
+  }
+  return box.right + window.scrollX > 0 && box.bottom + window.scrollY > 0;
+};
+return found.some(shown);
+"#;
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(100);
+/// How long the end of a step waits for the requests its actions started
+/// and that are still in flight (within the step's deadline).
+const SETTLE: Duration = Duration::from_secs(1);
+/// How often `wait_for` looks again: every look is one WebDriver call.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Where an action looks on the page.
 #[derive(Debug, Clone)]
@@ -334,6 +410,27 @@ impl fantoccini::wd::WebDriverCompatibleCommand for GetLog {
     }
 }
 
+/// WebDriver's Navigate To. fantoccini's `goto` first reads the current
+/// URL to resolve a relative one; a step's URL is always absolute.
+#[derive(Debug)]
+struct Navigate(url::Url);
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Navigate {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/url", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "url": self.0.as_str() }).to_string()),
+        )
+    }
+}
+
 fn browser_err(what: &str, e: &CmdError) -> ProbeError {
     let lost = matches!(
         e,
@@ -354,6 +451,7 @@ fn browser_err(what: &str, e: &CmdError) -> ProbeError {
 /// Runs a browser step in the run's session (created on first use).
 pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, ProbeError> {
     let start = Instant::now();
+    let started_at = SystemTime::now();
     let Some(driver) = ctx.env.browser.as_ref() else {
         return Err(ProbeError::new(
             ErrorKind::Browser,
@@ -361,13 +459,19 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
             "browser steps need a WebDriver: install chromium-driver or pass --webdriver URL",
         ));
     };
-    if ctx.browser.session.is_none() {
+    // A new session shows no page of the journey's yet: there is nothing
+    // to read before its first navigation.
+    let fresh = ctx.browser.session.is_none();
+    if fresh {
         let pin = ctx.pin.as_ref().map(|(h, ip)| (h.as_str(), *ip));
         let session = driver
             .session(pin, ctx.browser.permit.take())
             .await
             .map_err(|e| ProbeError::new(ErrorKind::Browser, None, e))?;
-        if let Some(c) = session.client() {
+        let client = session.client().cloned();
+        // In the run's slot first, so the run closes it whatever follows.
+        ctx.browser.session = Some(session);
+        if let Some(c) = client {
             c.issue_cmd(Cdp {
                 cmd: "Page.addScriptToEvaluateOnNewDocument",
                 params: json!({ "source": INSTRUMENT }),
@@ -375,7 +479,6 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
             .await
             .map_err(|e| browser_err("installing page instrumentation", &e))?;
         }
-        ctx.browser.session = Some(session);
     }
     let Some(client) = ctx
         .browser
@@ -391,7 +494,10 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
         ));
     };
     let mut result = BrowserResult::default();
-    let mut collected = Collected::default();
+    let mut collected = Collected {
+        blank: fresh,
+        ..Collected::default()
+    };
     let outcome = run_actions(
         step,
         &client,
@@ -402,14 +508,42 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
     )
     .await;
     // Whatever happened, read what the page did: it explains most failures.
-    let _ = drain(&client, &mut collected).await;
-    annotate_network_failures(&client, &mut collected.requests).await;
-    result.url = client
-        .current_url()
-        .await
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    result.title = client.title().await.unwrap_or_default();
+    // One script reads the records, the URL, the title and, for a step
+    // that passed, its `absent` selectors, once the requests the step
+    // started have answered (briefly: a step that failed does not wait).
+    let absent: &[String] = if outcome.is_ok() { &step.absent } else { &[] };
+    let settle = if outcome.is_ok() {
+        SETTLE.min(
+            ctx.deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(Duration::from_millis(500)),
+        )
+    } else {
+        Duration::ZERO
+    };
+    match read_page(&client, absent, started_at, settle, &mut collected).await {
+        Ok(page) => {
+            result.url = page.url;
+            result.title = page.title;
+            result.present = page.present;
+        }
+        Err(_) => {
+            // A page in the middle of navigating cannot run the script:
+            // ask WebDriver, one thing at a time.
+            result.url = client
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            result.title = client.title().await.unwrap_or_default();
+            result.present = present_by_webdriver(&client, absent).await;
+        }
+    }
+    // Why a request failed is only in the browser's network log, which is
+    // read only when it can explain something.
+    if outcome.is_err() || collected.requests.iter().any(PageRequest::failed) {
+        annotate_network_failures(&client, &mut collected.requests).await;
+    }
     result.requests = collected.requests;
     result.js_errors = collected.errors;
     result.console_errors = collected.console;
@@ -443,16 +577,6 @@ pub async fn run(step: &BrowserStep, ctx: Ctx<'_>) -> Result<BrowserResult, Prob
         }
         e
     });
-    if outcome.is_ok() {
-        for css in &step.absent {
-            if let Ok(found) = client.find_all(Locator::Css(css)).await
-                && let Some(el) = found.first()
-            {
-                let text = el.text().await.unwrap_or_default();
-                result.present.push((css.clone(), text));
-            }
-        }
-    }
     result.elapsed = start.elapsed();
     outcome.map(|()| result)
 }
@@ -500,23 +624,115 @@ struct Collected {
     console: Vec<String>,
     lcp: Option<f64>,
     cls: Option<f64>,
+    /// The session's first page has not been loaded yet.
+    blank: bool,
 }
 
-/// Reads and clears the page's records (before a navigation wipes them, and
-/// at the end of the step).
-async fn drain(client: &fantoccini::Client, into: &mut Collected) -> Result<(), CmdError> {
+/// Takes the page's records and clears them, as an expression for the
+/// scripts below (`null` on a page without the instrumentation).
+const TAKE_RECORDS: &str = "(() => { const v = window.__vantage; if (!v) return null;
+    const out = {requests: v.requests.filter(r => r.end !== null), errors: v.errors,
+                 console: v.console, lcp: v.lcp, cls: v.cls, timeOrigin: v.timeOrigin};
+    v.requests = v.requests.filter(r => r.end === null); v.errors = []; v.console = [];
+    return out; })()";
+
+/// What the end of a step reads from the page in one call.
+struct PageRead {
+    url: String,
+    title: String,
+    present: Vec<(String, String)>,
+}
+
+/// Reads and clears the page's records, with the page's URL and title, and
+/// the first element (and its text) of each `absent` selector. It first
+/// waits, up to `settle`, for the requests started since `since` to
+/// answer: a page often calls its backend right after showing what a
+/// `wait_for` looked for, and those calls belong to this step.
+async fn read_page(
+    client: &fantoccini::Client,
+    absent: &[String],
+    since: SystemTime,
+    settle: Duration,
+    into: &mut Collected,
+) -> Result<PageRead, CmdError> {
+    let script = format!(
+        "const [absent, since, settle, done] = arguments;
+         const v = window.__vantage;
+         const until = performance.now() + settle;
+         const busy = () => !!v && v.requests.some(r => r.end === null && v.timeOrigin + r.start >= since);
+         const finish = () => {{
+           const present = [];
+           for (const css of absent) {{
+             try {{ const el = document.querySelector(css); if (el) present.push([css, el.innerText]); }}
+             catch (_) {{}}
+           }}
+           done({{records: {TAKE_RECORDS}, url: location.href, title: document.title, present}});
+         }};
+         const check = () => (busy() && performance.now() < until ? setTimeout(check, 10) : finish());
+         check();"
+    );
+    let since_ms = since
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0;
     let v = client
-        .execute(
-            "const v = window.__vantage; if (!v) return null;
-             const out = {requests: v.requests.filter(r => r.end !== null), errors: v.errors, console: v.console,
-                          lcp: v.lcp, cls: v.cls, timeOrigin: v.timeOrigin};
-             v.requests = v.requests.filter(r => r.end === null); v.errors = []; v.console = [];
-             return out;",
-            vec![],
+        .execute_async(
+            &script,
+            vec![
+                json!(absent),
+                json!(since_ms),
+                json!(settle.as_millis() as u64),
+            ],
         )
         .await?;
+    take_records(&v["records"], into);
+    Ok(PageRead {
+        url: v["url"].as_str().unwrap_or_default().to_string(),
+        title: v["title"].as_str().unwrap_or_default().to_string(),
+        present: v["present"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_string(),
+                    p[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// `absent` selectors that match, looked up one WebDriver call at a time.
+async fn present_by_webdriver(
+    client: &fantoccini::Client,
+    absent: &[String],
+) -> Vec<(String, String)> {
+    let mut present = Vec::new();
+    for css in absent {
+        if let Ok(found) = client.find_all(Locator::Css(css)).await
+            && let Some(el) = found.first()
+        {
+            let text = el.text().await.unwrap_or_default();
+            present.push((css.clone(), text));
+        }
+    }
+    present
+}
+
+/// Reads and clears the page's records (before a navigation wipes them).
+async fn drain(client: &fantoccini::Client, into: &mut Collected) -> Result<(), CmdError> {
+    let v = client
+        .execute(&format!("return {TAKE_RECORDS};"), vec![])
+        .await?;
+    take_records(&v, into);
+    Ok(())
+}
+
+fn take_records(v: &Value, into: &mut Collected) {
     if v.is_null() {
-        return Ok(());
+        return;
     }
     let origin = v["timeOrigin"].as_f64().unwrap_or(0.0);
     for r in v["requests"].as_array().into_iter().flatten() {
@@ -546,17 +762,11 @@ async fn drain(client: &fantoccini::Client, into: &mut Collected) -> Result<(), 
     if let Some(c) = v["cls"].as_f64() {
         into.cls = Some(c);
     }
-    Ok(())
 }
 
 /// Attaches the browser's own reason to failed requests, from the DevTools
 /// network events chromedriver logs (`Network.loadingFailed`).
 async fn annotate_network_failures(client: &fantoccini::Client, requests: &mut [PageRequest]) {
-    if !requests.iter().any(|r| r.error.is_some()) {
-        // Still read the log, so it does not grow across steps.
-        let _ = client.issue_cmd(GetLog("performance")).await;
-        return;
-    }
     let Ok(log) = client.issue_cmd(GetLog("performance")).await else {
         return;
     };
@@ -625,31 +835,32 @@ async fn run_actions(
 
 /// "What the page showed instead": URL, title and the start of its text.
 async fn page_state(client: &fantoccini::Client) -> String {
-    let url = client
-        .current_url()
-        .await
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    let title = client.title().await.unwrap_or_default();
-    let text = client
+    let shown = client
         .execute(
-            "return document.body ? document.body.innerText : ''",
+            "return {url: location.href, title: document.title,
+                     text: document.body ? document.body.innerText : '',
+                     placeholders: Array.from(document.querySelectorAll('input[placeholder]'))
+                         .map(i => i.placeholder).join(' | ')};",
             vec![],
         )
         .await
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let placeholders = client
-        .execute(
-            "return Array.from(document.querySelectorAll('input[placeholder]')).map(i => i.placeholder).join(' | ')",
-            vec![],
-        )
-        .await
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let field = |name: &str| shown[name].as_str().unwrap_or_default().to_string();
+    let (mut url, mut title) = (field("url"), field("title"));
+    if shown.is_null() {
+        // The page could not run the script (it is navigating, say).
+        url = client
+            .current_url()
+            .await
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        title = client.title().await.unwrap_or_default();
+    }
+    let text: String = field("text")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let placeholders = field("placeholders");
     let mut s = format!("the page showed {url} (title {title:?}): {:?}", clip(&text));
     if !placeholders.is_empty() {
         s.push_str(&format!("; input placeholders: {:?}", clip(&placeholders)));
@@ -710,23 +921,36 @@ async fn perform(
     match action {
         Action::Goto(url) => {
             let url = render(url, vars)?;
+            let parsed = url::Url::parse(&url).map_err(|e| {
+                ProbeError::new(
+                    ErrorKind::InvalidRequest,
+                    None,
+                    format!("cannot load {url}: {e}"),
+                )
+            })?;
             // A navigation replaces the document and its records: read them first.
-            let _ = drain(client, collected).await;
-            client.goto(&url).await.map_err(|e| {
-                let msg = e.to_string();
-                let kind = if msg.contains("ERR_NAME_NOT_RESOLVED") {
-                    ErrorKind::Dns
-                } else if msg.contains("ERR_CONNECTION_REFUSED") {
-                    ErrorKind::Connect
-                } else if msg.contains("ERR_CERT") || msg.contains("ERR_SSL") {
-                    ErrorKind::Tls
-                } else if msg.contains("timeout") {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Browser
-                };
-                ProbeError::new(kind, None, format!("cannot load {url}: {msg}"))
-            })
+            if !std::mem::take(&mut collected.blank) {
+                let _ = drain(client, collected).await;
+            }
+            client
+                .issue_cmd(Navigate(parsed))
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    let kind = if msg.contains("ERR_NAME_NOT_RESOLVED") {
+                        ErrorKind::Dns
+                    } else if msg.contains("ERR_CONNECTION_REFUSED") {
+                        ErrorKind::Connect
+                    } else if msg.contains("ERR_CERT") || msg.contains("ERR_SSL") {
+                        ErrorKind::Tls
+                    } else if msg.contains("timeout") {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::Browser
+                    };
+                    ProbeError::new(kind, None, format!("cannot load {url}: {msg}"))
+                })
         }
         Action::Fill { at, value, submit } => {
             let el = find(client, at).await?;
@@ -778,22 +1002,16 @@ async fn perform(
         } => {
             let limit = timeout.unwrap_or(DEFAULT_WAIT);
             let until = (Instant::now() + limit).min(deadline);
+            let (css, xpath) = match at {
+                Locate::Css(c) => (json!(c), Value::Null),
+                Locate::Xpath(x) | Locate::Text { xpath: x, .. } => (Value::Null, json!(x)),
+            };
             loop {
-                let found = client
-                    .find_all(at.locator())
+                let shown = client
+                    .execute(SHOWN, vec![css.clone(), xpath.clone(), json!(visible)])
                     .await
                     .map_err(|e| browser_err("waiting", &e))?;
-                let mut shown = !found.is_empty();
-                if shown && *visible {
-                    shown = false;
-                    for el in &found {
-                        if el.is_displayed().await.unwrap_or(false) {
-                            shown = true;
-                            break;
-                        }
-                    }
-                }
-                if shown != *gone {
+                if shown.as_bool().unwrap_or(false) != *gone {
                     return Ok(());
                 }
                 if Instant::now() + POLL > until {
