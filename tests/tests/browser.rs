@@ -999,9 +999,7 @@ async fn element_that_never_appears_times_out_naming_the_selector_and_the_page()
         &[r##"wait_for: { css: "#basket", timeout: 1s }"##],
         &[],
     );
-    let started = Instant::now();
     let report = run_one(&build_yaml(dir.path(), &yaml, &[]), &env).await;
-    let took = started.elapsed();
     let e = failure(&report, 0);
     assert_eq!(e.kind, ErrorKind::Timeout, "{e:#?}");
     for needed in [
@@ -1018,7 +1016,11 @@ async fn element_that_never_appears_times_out_naming_the_selector_and_the_page()
             e.message
         );
     }
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The action's 1 s gave up, not the journey's 20 s. (Measured on the
+    // report: a loaded machine can take many seconds to start Chromium
+    // and to remove its profile, around the step.)
+    let took = report.steps[0].duration;
+    assert!(took < Duration::from_secs(15), "the step took {took:?}");
     assert_screenshot(e);
 }
 
