@@ -210,7 +210,7 @@ const LINGER: Duration = Duration::from_millis(200);
 async fn span_worker(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<Vec<SpanData>>,
-    prom: Arc<MetricStore>,
+    store: Arc<MetricStore>,
     cap: usize,
 ) {
     let mut pending: VecDeque<SpanData> = VecDeque::new();
@@ -252,7 +252,7 @@ async fn span_worker(
         if pending.len() > cap {
             let n = pending.len() - cap;
             pending.drain(..n);
-            prom.dropped("traces", n as u64);
+            store.dropped("traces", n as u64);
             if log.allow() {
                 warn!(
                     dropped = n,
@@ -281,7 +281,7 @@ async fn span_worker(
                     backoff = Duration::from_secs(1);
                 }
                 Ok(Err(_)) | Err(_) => {
-                    prom.export_failed("traces");
+                    store.export_failed("traces");
                     let reason = match result {
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".into(),
@@ -291,7 +291,7 @@ async fn span_worker(
                     }
                     if !open {
                         // Shutting down: one attempt only, the rest is lost.
-                        prom.dropped("traces", (pending.len() + keep.len()) as u64);
+                        store.dropped("traces", (pending.len() + keep.len()) as u64);
                         return;
                     }
                     for s in keep.into_iter().rev() {

@@ -344,7 +344,7 @@ fn point(h: &Hist, attributes: Vec<KeyValue>, now: u64) -> HistogramDataPoint {
     }
 }
 
-/// The four per-journey histogram metrics, in export order.
+/// The four per-journey histogram metrics, in [`Family`](super::store::Family) order.
 const HISTOGRAMS: [(&str, &str); 4] = [
     (names::JOURNEY_DURATION, "Duration of journey runs"),
     (names::STEP_DURATION, "Duration of journey steps"),
@@ -357,15 +357,6 @@ const HISTOGRAMS: [(&str, &str); 4] = [
         "Duration of database client operations.",
     ),
 ];
-
-fn slot(k: &HistKey) -> usize {
-    match k {
-        HistKey::Journey => 0,
-        HistKey::Step { .. } => 1,
-        HistKey::Http { .. } => 2,
-        HistKey::Db { .. } => 3,
-    }
-}
 
 /// Builds one export request from the first of `journeys`' series,
 /// cumulative, stopping once [`POINTS_PER_REQUEST`] points are reached.
@@ -380,13 +371,10 @@ pub fn build_request(
     at: SystemTime,
 ) -> (Option<ExportMetricsServiceRequest>, usize) {
     let now = nanos(at);
-    let mut requests = Vec::new();
     let mut used = 0;
     let mut points: [Vec<HistogramDataPoint>; 4] = Default::default();
     let mut n = 0usize;
-    let flush = |points: &mut [Vec<HistogramDataPoint>; 4],
-                 extra: Vec<Metric>,
-                 requests: &mut Vec<ExportMetricsServiceRequest>| {
+    let request = |points: &mut [Vec<HistogramDataPoint>; 4], extra: Vec<Metric>| {
         let mut metrics: Vec<Metric> = HISTOGRAMS
             .iter()
             .zip(points.iter_mut())
@@ -404,9 +392,9 @@ pub fn build_request(
             .collect();
         metrics.extend(extra);
         if metrics.is_empty() {
-            return;
+            return None;
         }
-        requests.push(ExportMetricsServiceRequest {
+        Some(ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(resource.clone()),
                 scope_metrics: vec![ScopeMetrics {
@@ -416,7 +404,7 @@ pub fn build_request(
                 }],
                 ..Default::default()
             }],
-        });
+        })
     };
     for j in journeys {
         used += 1;
@@ -464,13 +452,12 @@ pub fn build_request(
             if let Some(e) = &series.error {
                 a.push(s(names::ERROR_TYPE, e));
             }
-            points[slot(&series.key)].push(point(&series.hist, a, now));
+            points[series.key.family() as usize].push(point(&series.hist, a, now));
             n += 1;
         }
         drop(st);
         if n >= POINTS_PER_REQUEST && used < journeys.len() {
-            flush(&mut points, Vec::new(), &mut requests);
-            return (requests.pop(), used);
+            return (request(&mut points, Vec::new()), used);
         }
     }
 
@@ -528,8 +515,7 @@ pub fn build_request(
             vec![(Vec::new(), t.dropped_traces)],
         ));
     }
-    flush(&mut points, extra, &mut requests);
-    (requests.pop(), used)
+    (request(&mut points, extra), used)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 
 use std::fmt::Write;
 
-use super::store::{Exemplar, Hist, HistKey, JourneyState, MetricStore, lock};
+use super::store::{Exemplar, Family, Hist, HistKey, JourneyState, MetricStore, lock};
 use crate::report::Phase;
 
 /// One label: name and value (escaped when written).
@@ -125,32 +125,12 @@ fn base<'a>(name: &'a str, st: &'a JourneyState, address: Option<&'a str>) -> Ve
     l
 }
 
-/// Which histogram family a series belongs to on `/metrics`.
-#[derive(Clone, Copy, PartialEq)]
-enum Family {
-    Journey,
-    Step,
-    Http,
-    Db,
-}
-
-impl Family {
-    fn of(k: &HistKey) -> Family {
-        match k {
-            HistKey::Journey => Family::Journey,
-            HistKey::Step { .. } => Family::Step,
-            HistKey::Http { .. } => Family::Http,
-            HistKey::Db { .. } => Family::Db,
-        }
-    }
-}
-
 /// Writes one histogram family. OTLP keys some series finer (server
 /// address, port, status) than these labels, so series whose labels come
 /// out equal are merged first.
 fn hist_family(out: &mut String, name: &str, st: &JourneyState, journey: &str, fam: Family) {
     let mut merged: Vec<(Vec<Label<'_>>, Hist)> = Vec::new();
-    for s in st.hists.iter().filter(|s| Family::of(&s.key) == fam) {
+    for s in st.hists.iter().filter(|s| s.key.family() == fam) {
         let error = s.error.as_deref().unwrap_or("");
         let mut l: Vec<Label<'_>> = match &s.key {
             HistKey::Journey => base(journey, st, s.address.as_deref()),

@@ -144,6 +144,16 @@ pub enum HistKey {
     },
 }
 
+/// Which histogram a series belongs to; the discriminant orders both
+/// exporters' output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Journey = 0,
+    Step = 1,
+    Http = 2,
+    Db = 3,
+}
+
 /// A borrowed [`HistKey`], so that finding an existing series allocates
 /// nothing.
 #[derive(Clone, Copy)]
@@ -155,6 +165,15 @@ enum KeyRef<'a> {
 }
 
 impl HistKey {
+    pub fn family(&self) -> Family {
+        match self {
+            HistKey::Journey => Family::Journey,
+            HistKey::Step { .. } => Family::Step,
+            HistKey::Http { .. } => Family::Http,
+            HistKey::Db { .. } => Family::Db,
+        }
+    }
+
     fn matches(&self, k: KeyRef<'_>) -> bool {
         match (self, k) {
             (HistKey::Journey, KeyRef::Journey) => true,
