@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -288,14 +289,27 @@ pub fn strip_userinfo(url: &Url) -> String {
     u.to_string()
 }
 
-/// Aborts the hyper connection task when the exchange ends, however it ends:
-/// a deadline drops the probe future, and the connection must not outlive it.
-struct ConnGuard(tokio::task::JoinHandle<()>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Runs `work` while polling hyper's connection future `conn` in the same
+/// task. No task is spawned per exchange, so a probe costs one task and two
+/// cross-task wake-ups fewer; and the connection cannot outlive the
+/// exchange: when `work` ends, or a deadline drops the probe future, `conn`
+/// is dropped with it and the socket closes. A connection that ends first
+/// (closed or broken) leaves `work` to see why through hyper's channel.
+async fn drive<C, W>(conn: C, work: W) -> W::Output
+where
+    C: Future<Output = ()>,
+    W: Future,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut work = std::pin::pin!(work);
+    let mut conn_open = true;
+    std::future::poll_fn(move |cx| {
+        if conn_open && conn.as_mut().poll(cx).is_ready() {
+            conn_open = false;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await
 }
 
 struct Exchange<'a> {
@@ -461,16 +475,16 @@ impl Exchange<'_> {
         };
         let io = TokioIo::new(stream);
         let mut builder = Request::builder().method(self.method.clone());
-        let (mut sender, _guard): (Sender, ConnGuard) = if h2 {
+        let (mut sender, conn) = if h2 {
             let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(protocol)?;
             builder = builder.uri(self.url.as_str());
             (
                 Sender::H2(s),
-                ConnGuard(tokio::spawn(async move {
+                Either::Left(async move {
                     let _ = conn.await;
-                })),
+                }),
             )
         } else {
             let (s, conn) = hyper::client::conn::http1::handshake(io)
@@ -490,11 +504,12 @@ impl Exchange<'_> {
             builder = builder.header(header::HOST, host_header);
             (
                 Sender::H1(s),
-                ConnGuard(tokio::spawn(async move {
+                Either::Right(async move {
                     let _ = conn.await;
-                })),
+                }),
             )
         };
+        drive(conn, async {
         let Some(req_headers) = builder.headers_mut() else {
             return Err(ProbeError::new(
                 ErrorKind::InvalidRequest,
@@ -536,9 +551,9 @@ impl Exchange<'_> {
             .body(Full::new(self.body.clone()))
             .map_err(|e| ProbeError::new(ErrorKind::InvalidRequest, None, e.to_string()))?;
         let response = sender.send(request).await.map_err(protocol)?;
-        // The connection task has read at least the whole head by now; the
-        // latest read is the one that completed it (or, when this task was
-        // slow to wake, a body read that followed it closely).
+        // The connection has read at least the whole head by now; the latest
+        // read is the one that completed it (or, when this task was slow to
+        // wake, a body read that followed it closely).
         let head = arrived(rx, sent);
         rec.enter(Phase::Transfer);
         let status = response.status();
@@ -603,6 +618,8 @@ impl Exchange<'_> {
         let last = arrived(rx, head);
         let arrival = Arrival { sent, head, last };
         Ok((status, parts.headers, buf.freeze(), arrival))
+        })
+        .await
     }
 }
 
