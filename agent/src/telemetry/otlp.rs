@@ -18,13 +18,13 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::names;
 use super::otlp_metrics::MetricExport;
-use super::store::MetricStore;
+use super::store::{MetricStore, lock};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -119,7 +119,7 @@ impl RateLimitedLog {
 }
 
 pub struct Otlp {
-    spans: Option<mpsc::Sender<Vec<SpanData>>>,
+    spans: Option<Arc<SpanQueue>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     metrics: Option<MetricExport>,
 }
@@ -163,15 +163,13 @@ impl Otlp {
             }
             .map_err(|e| format!("cannot build the OTLP span exporter: {e}"))?;
             exporter.set_resource(&resource);
-            // Room for a burst of reports; the worker's own queue holds the rest.
-            let (tx, rx) = mpsc::channel(1024);
+            let queue = Arc::new(SpanQueue::new(cfg.queue_spans));
             otlp.worker = Some(tokio::spawn(span_worker(
                 exporter,
-                rx,
+                queue.clone(),
                 store.clone(),
-                cfg.queue_spans,
             )));
-            otlp.spans = Some(tx);
+            otlp.spans = Some(queue);
         }
         if cfg.metrics {
             otlp.metrics = Some(MetricExport::start(cfg, &resource, store)?);
@@ -179,18 +177,19 @@ impl Otlp {
         Ok(otlp)
     }
 
-    /// Queues a run's spans; never waits. A full channel counts as dropped.
+    /// Queues a run's spans; never waits. Past the queue's cap the oldest
+    /// spans are dropped and counted.
     pub fn send_spans(&self, spans: Vec<SpanData>, store: &MetricStore) {
-        let Some(tx) = &self.spans else { return };
-        let n = spans.len() as u64;
-        if tx.try_send(spans).is_err() {
-            store.dropped("traces", n);
+        if let Some(q) = &self.spans {
+            q.push(spans, store);
         }
     }
 
     /// Flushes what is queued, within `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
-        self.spans = None;
+        if let Some(q) = self.spans.take() {
+            q.close();
+        }
         if let Some(worker) = self.worker.take()
             && tokio::time::timeout(grace, worker).await.is_err()
         {
@@ -207,105 +206,182 @@ const BATCH: usize = 512;
 /// How long a partial batch waits for company.
 const LINGER: Duration = Duration::from_millis(200);
 
+/// The spans waiting for export. Runs append under a short lock; the export
+/// worker takes batches. A run wakes the worker only when its spans start
+/// a batch or fill one, so a busy agent wakes it a few times a second
+/// rather than once per run.
+struct SpanQueue {
+    state: Mutex<QueueState>,
+    wake: Notify,
+    cap: usize,
+    log: RateLimitedLog,
+}
+
+struct QueueState {
+    pending: VecDeque<SpanData>,
+    /// When the oldest pending span arrived: a batch leaves when it is full
+    /// or has waited `LINGER`.
+    oldest: Option<Instant>,
+    /// Shutting down: the worker sends what is left, once, and stops.
+    closed: bool,
+}
+
+impl SpanQueue {
+    fn new(cap: usize) -> SpanQueue {
+        SpanQueue {
+            state: Mutex::new(QueueState {
+                pending: VecDeque::new(),
+                oldest: None,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            cap: cap.max(1),
+            log: RateLimitedLog::new(),
+        }
+    }
+
+    fn push(&self, spans: Vec<SpanData>, store: &MetricStore) {
+        let mut st = lock(&self.state);
+        if st.closed {
+            drop(st);
+            store.dropped("traces", spans.len() as u64);
+            return;
+        }
+        let before = st.pending.len();
+        st.pending.extend(spans);
+        if st.oldest.is_none() {
+            st.oldest = Some(Instant::now());
+        }
+        let wake = before == 0 || (before < BATCH && st.pending.len() >= BATCH);
+        let dropped = self.trim(&mut st);
+        drop(st);
+        self.count_dropped(dropped, store);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Drops the oldest spans beyond the cap; returns how many.
+    fn trim(&self, st: &mut QueueState) -> usize {
+        let over = st.pending.len().saturating_sub(self.cap);
+        st.pending.drain(..over);
+        over
+    }
+
+    fn count_dropped(&self, n: usize, store: &MetricStore) {
+        if n == 0 {
+            return;
+        }
+        store.dropped("traces", n as u64);
+        if self.log.allow() {
+            warn!(
+                dropped = n,
+                queued = self.cap,
+                "span export queue full: dropping the oldest spans (counted in vantage_telemetry_dropped)"
+            );
+        }
+    }
+
+    /// Puts a batch that failed back at the front, oldest first.
+    fn put_back(&self, batch: Vec<SpanData>, store: &MetricStore) {
+        let mut st = lock(&self.state);
+        for s in batch.into_iter().rev() {
+            st.pending.push_front(s);
+        }
+        if st.oldest.is_none() {
+            st.oldest = Some(Instant::now());
+        }
+        let dropped = self.trim(&mut st);
+        drop(st);
+        self.count_dropped(dropped, store);
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The next batch, once one is due and the worker may send (`retry_at`);
+    /// `None` once the queue is closed and empty. The flag says whether the
+    /// queue is closed.
+    async fn next_batch(&self, retry_at: Instant) -> Option<(Vec<SpanData>, bool)> {
+        loop {
+            let due = {
+                let mut st = lock(&self.state);
+                let now = Instant::now();
+                let due = if st.closed {
+                    if st.pending.is_empty() {
+                        return None;
+                    }
+                    now
+                } else if st.pending.len() >= BATCH {
+                    retry_at
+                } else {
+                    match st.oldest {
+                        Some(t) => (t + LINGER).max(retry_at),
+                        None => now + Duration::from_secs(3600),
+                    }
+                };
+                if due <= now {
+                    let n = st.pending.len().min(BATCH);
+                    let batch: Vec<SpanData> = st.pending.drain(..n).collect();
+                    if st.pending.is_empty() {
+                        st.oldest = None;
+                    }
+                    return Some((batch, st.closed));
+                }
+                due
+            };
+            // `notify_one` keeps a permit when the worker is not waiting, so
+            // a push between the check above and this wait is not missed.
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
+    }
+}
+
 async fn span_worker(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut rx: mpsc::Receiver<Vec<SpanData>>,
+    queue: Arc<SpanQueue>,
     store: Arc<MetricStore>,
-    cap: usize,
 ) {
-    let mut pending: VecDeque<SpanData> = VecDeque::new();
     let mut backoff = Duration::from_secs(1);
     let mut retry_at = Instant::now();
-    // When the oldest pending span arrived: a batch leaves when it is full
-    // or has waited `LINGER`, so a busy agent sends one request per
-    // `BATCH` spans instead of one per run.
-    let mut oldest: Option<Instant> = None;
     let log = RateLimitedLog::new();
-    let mut open = true;
     let mut failing = false;
-    while open || !pending.is_empty() {
-        if open {
-            let due = if pending.len() >= BATCH {
-                retry_at
-            } else {
-                match oldest {
-                    Some(t) => (t + LINGER).max(retry_at),
-                    None => Instant::now() + Duration::from_secs(3600),
+    while let Some((batch, closed)) = queue.next_batch(retry_at).await {
+        let keep = batch.clone();
+        let result = tokio::time::timeout(Duration::from_secs(15), exporter.export(batch)).await;
+        match result {
+            Ok(Ok(())) => {
+                if failing {
+                    info!("span export recovered");
                 }
-            };
-            if Instant::now() < due {
-                tokio::select! {
-                    batch = rx.recv() => match batch {
-                        Some(b) => pending.extend(b),
-                        None => open = false,
-                    },
-                    _ = tokio::time::sleep_until(due) => {}
+                failing = false;
+                backoff = Duration::from_secs(1);
+            }
+            Ok(Err(_)) | Err(_) => {
+                store.export_failed("traces");
+                let reason = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                let queued = lock(&queue.state).pending.len() + keep.len();
+                if log.allow() {
+                    warn!(error = %reason, queued, retry_in = ?backoff, "span export failed; keeping spans and retrying");
                 }
-            }
-            while let Ok(b) = rx.try_recv() {
-                pending.extend(b);
-            }
-            if oldest.is_none() && !pending.is_empty() {
-                oldest = Some(Instant::now());
-            }
-        }
-        if pending.len() > cap {
-            let n = pending.len() - cap;
-            pending.drain(..n);
-            store.dropped("traces", n as u64);
-            if log.allow() {
-                warn!(
-                    dropped = n,
-                    queued = cap,
-                    "span export queue full: dropping the oldest spans (counted in vantage_telemetry_dropped)"
-                );
-            }
-        }
-        let now = Instant::now();
-        let ready = pending.len() >= BATCH || oldest.is_some_and(|t| now >= t + LINGER);
-        if pending.is_empty() || (open && (now < retry_at || !ready)) {
-            continue;
-        }
-        while !pending.is_empty() {
-            let n = pending.len().min(BATCH);
-            let batch: Vec<SpanData> = pending.drain(..n).collect();
-            let keep = batch.clone();
-            let result =
-                tokio::time::timeout(Duration::from_secs(15), exporter.export(batch)).await;
-            match result {
-                Ok(Ok(())) => {
-                    if failing {
-                        info!("span export recovered");
-                    }
-                    failing = false;
-                    backoff = Duration::from_secs(1);
+                if closed {
+                    // Shutting down: one attempt only, the rest is lost.
+                    store.dropped("traces", queued as u64);
+                    return;
                 }
-                Ok(Err(_)) | Err(_) => {
-                    store.export_failed("traces");
-                    let reason = match result {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".into(),
-                    };
-                    if log.allow() {
-                        warn!(error = %reason, queued = pending.len() + keep.len(), retry_in = ?backoff, "span export failed; keeping spans and retrying");
-                    }
-                    if !open {
-                        // Shutting down: one attempt only, the rest is lost.
-                        store.dropped("traces", (pending.len() + keep.len()) as u64);
-                        return;
-                    }
-                    for s in keep.into_iter().rev() {
-                        pending.push_front(s);
-                    }
-                    failing = true;
-                    retry_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    break;
-                }
+                queue.put_back(keep, &store);
+                failing = true;
+                retry_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-        }
-        if pending.is_empty() {
-            oldest = None;
         }
     }
 }
