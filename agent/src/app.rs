@@ -63,13 +63,15 @@ pub fn load(
         ..BuildOptions::from_process_env()
     };
     let journeys = load_and_build(paths, &opts)?;
-    Ok(Arc::new(
-        journeys
-            .into_iter()
-            .filter(|j| shard.is_none_or(|s| s.owns(&j.name)))
-            .map(Arc::new)
-            .collect(),
-    ))
+    let mut set: Vec<Arc<crate::journey::Journey>> = journeys
+        .into_iter()
+        .filter(|j| shard.is_none_or(|s| s.owns(&j.name)))
+        .map(Arc::new)
+        .collect();
+    // The collect above reuses the built journeys' buffer, which is many
+    // times the size of the pointers it now holds.
+    set.shrink_to_fit();
+    Ok(Arc::new(set))
 }
 
 /// A cheap fingerprint of the journey files: names, sizes, modification times.

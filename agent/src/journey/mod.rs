@@ -87,3 +87,22 @@ pub struct Step {
     pub expect: Vec<Expectation>,
     pub extract: Vec<(String, Extraction)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// An agent holds ten thousand steps and more for its whole life; a
+    /// rare, large action kind must be boxed rather than widen them all.
+    #[test]
+    fn a_step_stays_small() {
+        let step = size_of::<super::Step>();
+        let action = size_of::<crate::probes::Action>();
+        let http = size_of::<crate::probes::http::HttpRequest>();
+        assert!(
+            action <= http + 8,
+            "Action is {action} bytes against an HTTP request's {http}: box the larger kind"
+        );
+        assert!(step <= 360, "a Step is {step} bytes; keep it under 360");
+    }
+}

@@ -36,12 +36,12 @@ impl Cx<'_> {
         if let Some(c) = &s.sql {
             return self
                 .sql(c, &format!("{path}.sql"), statics, extracted)
-                .map(Action::Sql);
+                .map(|c| Action::Sql(Box::new(c)));
         }
         if let Some(c) = &s.redis {
             return self
                 .redis(c, &format!("{path}.redis"), statics, extracted)
-                .map(Action::Redis);
+                .map(|c| Action::Redis(Box::new(c)));
         }
         if let Some(c) = &s.tcp {
             let reads = c.send.is_some()

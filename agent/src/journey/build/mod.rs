@@ -477,6 +477,9 @@ impl Cx<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
+        // Kept for the agent's life, ten thousand times over: no spare room.
+        expect.shrink_to_fit();
+        extract.shrink_to_fit();
         Some(Step {
             name: s.name.value.trim().into(),
             timeout,
