@@ -21,7 +21,10 @@ use vantage::telemetry::{OtlpConfig, Telemetry};
 /// mimalloc rather than glibc's malloc: glibc keeps a 64 MiB arena per
 /// thread that ever allocated and holds on to freed peaks (a journey load,
 /// a large scrape), which tripled the agent's resident set. jemalloc does as
-/// well on memory but builds far slower; mimalloc is one C file.
+/// well on memory but builds far slower; mimalloc is one C file. Building
+/// without the `mimalloc` feature leaves the system's malloc, for heap
+/// profilers that hook it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
