@@ -11,8 +11,10 @@ Instruction counts do not depend on the other tenants of the machine (caveat: `r
 memcpy counts one instruction per byte, so copies weigh more than they cost).
 
 `mem` runs it under massif and groups the heap of the last detailed snapshot by the first
-frame of each allocation stack that names a component (OpenTelemetry SDK tables, the
-Prometheus families, the journey model, ...).
+frame of each allocation stack that names a component (the metric store, the journey
+model, the span queue, ...). massif sees only the system's malloc: give it a build without
+the default `mimalloc` feature (`cargo build --release -p vantage -p vantage-demo
+--no-default-features --target-dir target/sysalloc`, then `--bin-dir target/sysalloc/release`).
 
 Needs valgrind (`apt-get install valgrind`) and the release binaries.
 """
@@ -33,24 +35,20 @@ import bench  # noqa: E402
 
 CPU_FUNCS = [
     ("OTLP span export (span_worker)", "vantage::telemetry::otlp::span_worker"),
-    ("  protobuf body (build_trace_export_body)", "OtlpHttpClient::build_trace_export_body"),
     ("Telemetry::record (per run)", "vantage::telemetry::Telemetry::record"),
-    ("  Prom::record (/metrics series)", "vantage::telemetry::prometheus::Prom::record"),
+    ("  MetricStore::record (every metric series)", "vantage::telemetry::store::MetricStore::record"),
     ("  spans_for (report -> spans)", "vantage::telemetry::spans::spans_for"),
+    ("OTLP metric export", "vantage::telemetry::otlp_metrics::"),
     ("scheduler fire_due", "vantage::scheduler::Scheduler::fire_due"),
     ("  tokio::spawn (moves the run future)", "tokio::task::spawn::spawn"),
-    ("HTTP probe (Exchange::run)", "vantage::probes::http::Exchange::run"),
-    ("hyper connection task", "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch"),
-    ("OTel metrics reader (collect+export)", "PeriodicReaderInner<E>::collect_and_export"),
+    ("HTTP probe (Exchange::run, hyper's connection included)", "vantage::probes::http::Exchange::run"),
 ]
 
 MEM_GROUPS = [
-    ("OpenTelemetry SDK ValueMap tables (preallocated to the cardinality limit)",
-     lambda f: "ValueMap<A>::new" in f),
-    ("OpenTelemetry SDK per-series state", lambda f: f.startswith("opentelemetry_sdk::metrics")),
-    ("OTLP span queue and export", lambda f: "span_worker" in f or "send_spans" in f or "spans_for" in f),
-    ("prometheus_client families (series, buckets, exemplars)", lambda f: f.startswith("prometheus_client")),
-    ("Prom::record (written-series map, label vectors)", lambda f: "Prom::record" in f),
+    ("metric store (series, buckets, exemplars)", lambda f: "telemetry::store" in f),
+    ("OTLP span queue and export", lambda f: "span_worker" in f or "SpanQueue" in f or "spans_for" in f),
+    ("OTLP metric export", lambda f: "otlp_metrics" in f),
+    ("/metrics encoding", lambda f: "telemetry::prometheus" in f),
     ("journey model (journey::build)", lambda f: "journey::build" in f),
     ("config parse (wire types)", lambda f: "config::load" in f),
     ("scheduler", lambda f: "scheduler::" in f),
@@ -110,6 +108,14 @@ def cpu(args) -> None:
 
 
 def mem(args) -> None:
+    vantage = Path(args.bin_dir) / "vantage"
+    if vantage.exists() and b"mi_malloc" in vantage.read_bytes():
+        raise SystemExit(
+            f"{vantage} is built with mimalloc, whose heap massif cannot see. Build one with the "
+            "system's malloc and point --bin-dir at it:\n"
+            "  cargo build --release -p vantage -p vantage-demo --no-default-features "
+            "--target-dir target/sysalloc\n"
+            "  bench/profile.py mem --bin-dir target/sysalloc/release")
     h, d, env = setup(args, "mem")
     out = h.work / "massif.out"
     p = bench.spawn(["valgrind", "--tool=massif", f"--massif-out-file={out}", "--threshold=0.2",
