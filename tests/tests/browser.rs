@@ -1178,6 +1178,64 @@ async fn hung_page_times_out_at_the_journey_deadline_and_its_browser_is_closed()
     );
 }
 
+/// A run cancelled at shutdown is not the target's failure: it keeps no
+/// screenshot and asks the page for nothing more, and its browser still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_at_shutdown_takes_no_screenshot_and_closes_its_browser() {
+    let _slot = browser_slots(1).await;
+    let rig = Rig::new();
+    let pages = Pages::start().await;
+    let env = rig.env(2);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = one_step(
+        "cancelled-at-shutdown",
+        "60s",
+        &pages.url("/beacon"),
+        &[r##"wait_for: { css: "#basket", timeout: 50s }"##],
+        &[],
+    );
+    let journey = build_yaml(dir.path(), &yaml, &[]);
+    let watcher = rig.watch();
+    let cancel = CancellationToken::new();
+    // The page is open and its session live when the agent shuts down.
+    let shutdown = async {
+        tokio::time::timeout(Duration::from_secs(50), pages.loaded.notified())
+            .await
+            .expect("the page never loaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cancel.cancel();
+        Instant::now()
+    };
+    let run = async {
+        let report = runner::run(&journey, &env, None, &cancel).await;
+        (report, Instant::now())
+    };
+    let ((report, ended), cancelled) = tokio::join!(run, shutdown);
+    let seen = watcher.finish();
+    let took = ended - cancelled;
+    assert!(
+        took < Duration::from_secs(20),
+        "the run went on for {took:?} after it was cancelled"
+    );
+
+    let e = failure(&report, 0);
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e:#?}");
+    assert_eq!(e.screenshot, None, "a cancelled run took a screenshot");
+    assert_eq!(
+        e.page_url, None,
+        "a cancelled run asked the page for its URL"
+    );
+    let browser = profiles(&seen);
+    assert_eq!(browser.len(), 1, "one session: {browser:?}");
+    let left = wait_until_gone(&browser, &BTreeSet::new()).await;
+    assert!(
+        left.is_empty(),
+        "the cancelled run's Chromium outlived it: {:#?}",
+        left.iter().map(Proc::command).collect::<Vec<_>>()
+    );
+    assert_profiles_removed(&browser);
+}
+
 // ---------------------------------------------------------------------------
 // 4. Leaks
 // ---------------------------------------------------------------------------

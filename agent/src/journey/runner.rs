@@ -209,17 +209,21 @@ async fn run_pinned(
         steps.push(report);
     }
     // A failed browser run keeps a screenshot and the page URL, unless the
-    // page hung past its deadline: then every WebDriver call would queue
-    // behind the stuck one. The session is closed however the run ended.
+    // page hung past its deadline (every WebDriver call would queue behind
+    // the stuck one) or the agent is shutting down (the run was cancelled,
+    // and the target did not fail). The session is closed however the run
+    // ended.
     if let Some(session) = browser.session.take() {
         let failed = failed_step
             .and_then(|i| steps.get_mut(i))
             .and_then(|s| s.error.as_mut());
         // A `wait_for` that gave up is a page that answered; a step that hit
         // its deadline may be a page that does not.
-        if let Some(e) =
-            failed.filter(|e| e.kind != ErrorKind::Timeout || e.message.contains("waited "))
-        {
+        if let Some(e) = failed.filter(|e| match e.kind {
+            ErrorKind::Cancelled => false,
+            ErrorKind::Timeout => e.message.contains("waited "),
+            _ => true,
+        }) {
             let name = format!("{trace_id}-{}", journey.name);
             let (shot, url) = crate::probes::browser::failure_evidence(&session, &name).await;
             e.screenshot = shot.map(|p| p.display().to_string());
