@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures_util::StreamExt;
 
 use crate::telemetry::MetricStore;
 use crate::telemetry::prometheus::{self, CONTENT_TYPE, TEXT_CONTENT_TYPE};
@@ -41,8 +43,18 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
     }
 }
 
+/// Bytes of `/metrics` text per chunk of the response.
+const METRICS_CHUNK: usize = 256 * 1024;
+/// How long a scraper may leave a chunk unread before its scrape is cut.
+const METRICS_STALL: Duration = Duration::from_secs(30);
+
 /// OpenMetrics (with trace-id exemplars) when the scraper asks for it, as
 /// Prometheus does; the classic text format otherwise (curl, older tools).
+///
+/// The text is encoded on a blocking thread, off the runtime's workers
+/// where runs are being timed, and streamed in chunks: ten thousand
+/// journeys are 75 MB of text, which is never held whole. A scraper that
+/// goes away, or reads nothing for `METRICS_STALL`, ends the encoding.
 async fn metrics(
     State(s): State<ServerState>,
     headers: axum::http::HeaderMap,
@@ -52,32 +64,33 @@ async fn metrics(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    // Encoding a large agent takes a while: keep it off the runtime's
-    // worker threads, where runs are being timed.
     let store = s.metrics.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        if wants_om {
-            prometheus::encode(&store)
-        } else {
-            prometheus::encode_text(&store)
-        }
-    })
-    .await;
-    match body {
-        Ok(body) => {
-            let ct = if wants_om {
-                CONTENT_TYPE
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(2);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        prometheus::encode_chunks(&store, METRICS_CHUNK, &mut |chunk| {
+            let chunk = if wants_om {
+                chunk
             } else {
-                TEXT_CONTENT_TYPE
+                prometheus::openmetrics_to_text(&chunk)
             };
-            ([(header::CONTENT_TYPE, ct)], body).into_response()
-        }
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics encoding failed\n",
-        )
-            .into_response(),
-    }
+            matches!(
+                handle.block_on(tokio::time::timeout(METRICS_STALL, tx.send(chunk))),
+                Ok(Ok(()))
+            )
+        });
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    let ct = if wants_om {
+        CONTENT_TYPE
+    } else {
+        TEXT_CONTENT_TYPE
+    };
+    (
+        [(header::CONTENT_TYPE, ct)],
+        axum::body::Body::from_stream(body),
+    )
 }
 
 async fn index() -> impl IntoResponse {

@@ -167,11 +167,48 @@ fn hist_family(out: &mut String, name: &str, st: &JourneyState, journey: &str, f
     }
 }
 
-/// The OpenMetrics text of every series.
+/// The OpenMetrics text of every series, whole.
 pub fn encode(store: &MetricStore) -> String {
+    let mut all = String::new();
+    encode_chunks(store, 1 << 20, &mut |c| {
+        all.push_str(&c);
+        true
+    });
+    all
+}
+
+/// The text being written, handed to a sink in chunks of about `size`
+/// bytes. A chunk ends between journeys, so it holds whole lines, and a
+/// family's `# HELP` and `# TYPE` are always in the same chunk.
+struct Chunks<'a> {
+    out: String,
+    size: usize,
+    sink: &'a mut dyn FnMut(String) -> bool,
+    /// False once the sink refused a chunk (the scraper went away).
+    open: bool,
+}
+
+impl Chunks<'_> {
+    fn flush(&mut self, force: bool) {
+        if self.open && (force || self.out.len() >= self.size) {
+            let chunk = std::mem::replace(&mut self.out, String::with_capacity(self.size + 8192));
+            self.open = (self.sink)(chunk);
+        }
+    }
+}
+
+/// The OpenMetrics text of every series, handed to `sink` in chunks of
+/// about `size` bytes, so that a scrape of ten thousand journeys (75 MB of
+/// text) never holds more than a few chunks. Stops early when `sink`
+/// returns false.
+pub fn encode_chunks(store: &MetricStore, size: usize, sink: &mut dyn FnMut(String) -> bool) {
     let journeys = store.journeys();
-    // About 3 KB of text per simple journey.
-    let mut out = String::with_capacity(4096 + journeys.len() * 3072);
+    let mut w = Chunks {
+        out: String::with_capacity(size + 8192),
+        size,
+        sink,
+        open: true,
+    };
     // One pass per family, as the format groups samples by family; each
     // journey is locked briefly in every pass, never for the whole scrape.
     type Gauge = fn(&mut String, &[Label<'_>], &super::store::ProbeState);
@@ -307,19 +344,26 @@ pub fn encode(store: &MetricStore) -> String {
             },
         ),
     ];
-    let probe_pass = |out: &mut String, list: &[(&str, &str, Gauge)]| {
+    let probe_pass = |w: &mut Chunks<'_>, list: &[(&str, &str, Gauge)]| {
         for (name, help, write) in list {
-            header(out, name, "gauge", help, None);
+            header(&mut w.out, name, "gauge", help, None);
             for j in &journeys {
-                let st = lock(&j.state);
-                for p in &st.probes {
-                    let l = base(&j.name, &st, p.address.as_deref());
-                    write(out, &l, p);
+                {
+                    let st = lock(&j.state);
+                    for p in &st.probes {
+                        let l = base(&j.name, &st, p.address.as_deref());
+                        write(&mut w.out, &l, p);
+                    }
+                }
+                // Never while a journey is locked: the sink may wait.
+                w.flush(false);
+                if !w.open {
+                    return;
                 }
             }
         }
     };
-    probe_pass(&mut out, &gauges);
+    probe_pass(&mut w, &gauges);
     for (name, help, fam) in [
         (
             "vantage_journey_duration_seconds",
@@ -342,17 +386,27 @@ pub fn encode(store: &MetricStore) -> String {
             Family::Db,
         ),
     ] {
-        header(&mut out, name, "histogram", help, Some("seconds"));
+        header(&mut w.out, name, "histogram", help, Some("seconds"));
         for j in &journeys {
-            let st = lock(&j.state);
-            hist_family(&mut out, name, &st, &j.name, fam);
+            {
+                let st = lock(&j.state);
+                hist_family(&mut w.out, name, &st, &j.name, fam);
+            }
+            w.flush(false);
+            if !w.open {
+                return;
+            }
         }
     }
-    probe_pass(&mut out, &late_gauges);
+    probe_pass(&mut w, &late_gauges);
+    if !w.open {
+        return;
+    }
+    let out = &mut w.out;
 
     let t = store.totals();
     header(
-        &mut out,
+        out,
         "vantage_schedule_skipped_ticks",
         "counter",
         "Scheduled runs skipped because the journey's previous run was still going",
@@ -360,7 +414,7 @@ pub fn encode(store: &MetricStore) -> String {
     );
     for (j, n) in &t.skipped {
         sample(
-            &mut out,
+            out,
             "vantage_schedule_skipped_ticks",
             "_total",
             &[("journey", j)],
@@ -370,27 +424,22 @@ pub fn encode(store: &MetricStore) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "vantage_schedule_lateness_seconds",
         "histogram",
         "How late runs started against their schedule (concurrency-limit waits included)",
         Some("seconds"),
     );
-    histogram(
-        &mut out,
-        "vantage_schedule_lateness_seconds",
-        &[],
-        &t.lateness,
-    );
+    histogram(out, "vantage_schedule_lateness_seconds", &[], &t.lateness);
     header(
-        &mut out,
+        out,
         "vantage_telemetry_dropped",
         "counter",
         "Telemetry items dropped because the export queue was full",
         None,
     );
     sample(
-        &mut out,
+        out,
         "vantage_telemetry_dropped",
         "_total",
         &[("signal", "traces")],
@@ -399,7 +448,7 @@ pub fn encode(store: &MetricStore) -> String {
         },
     );
     header(
-        &mut out,
+        out,
         "vantage_telemetry_export_failures",
         "counter",
         "Failed OTLP export attempts",
@@ -410,7 +459,7 @@ pub fn encode(store: &MetricStore) -> String {
         ("metrics", t.failures_metrics),
     ] {
         sample(
-            &mut out,
+            out,
             "vantage_telemetry_export_failures",
             "_total",
             &[("signal", signal)],
@@ -420,31 +469,25 @@ pub fn encode(store: &MetricStore) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "vantage_journeys",
         "gauge",
         "Journeys scheduled on this agent (after sharding)",
         None,
     );
-    sample(&mut out, "vantage_journeys", "", &[], |o| {
+    sample(out, "vantage_journeys", "", &[], |o| {
         let _ = write!(o, "{}", t.journeys);
     });
-    header(
-        &mut out,
-        "vantage_build_info",
-        "gauge",
-        "Vantage version",
-        None,
-    );
+    header(out, "vantage_build_info", "gauge", "Vantage version", None);
     sample(
-        &mut out,
+        out,
         "vantage_build_info",
         "",
         &[("version", env!("CARGO_PKG_VERSION"))],
         |o| o.push('1'),
     );
     out.push_str("# EOF\n");
-    out
+    w.flush(true);
 }
 
 /// The classic Prometheus text format of every series.
@@ -460,7 +503,9 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Rewrites OpenMetrics text into the classic Prometheus text format for
 /// scrapers that do not ask for OpenMetrics: no exemplars (that format has
 /// none), no `# UNIT` or `# EOF`, and counter families named with their
-/// `_total` suffix as the classic format expects.
+/// `_total` suffix as the classic format expects. Works on each chunk of
+/// [`encode_chunks`] alone: a chunk holds whole lines, and a family's
+/// `# HELP` and `# TYPE` lines together.
 pub fn openmetrics_to_text(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
     let mut counters = std::collections::HashSet::new();
@@ -560,6 +605,49 @@ mod tests {
             .collect();
         assert_eq!(counts.len(), 1, "{counts:?}");
         assert!(counts[0].ends_with(" 2"), "{counts:?}");
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_and_add_up_to_the_whole_text_in_both_formats() {
+        let s = MetricStore::new();
+        for i in 0..300 {
+            s.record(&http_run(&format!("j{i:03}"), None, 200, 3));
+        }
+        s.skipped("j000");
+        let whole = encode(&s);
+        let mut chunks = Vec::new();
+        encode_chunks(&s, 4096, &mut |c| {
+            chunks.push(c);
+            true
+        });
+        assert!(chunks.len() > 20, "{} chunks", chunks.len());
+        for c in &chunks {
+            assert!(
+                c.ends_with('\n'),
+                "a chunk ends mid-line: {:?}",
+                &c[c.len() - 40..]
+            );
+            // Written between journeys: well under twice the chunk size.
+            assert!(c.len() < 2 * 4096 + 8192, "{} bytes", c.len());
+        }
+        assert_eq!(chunks.concat(), whole);
+        let text: String = chunks.iter().map(|c| openmetrics_to_text(c)).collect();
+        assert_eq!(text, encode_text(&s));
+        assert!(text.contains("# TYPE vantage_schedule_skipped_ticks_total counter\n"));
+    }
+
+    #[test]
+    fn a_refused_chunk_stops_the_encoding() {
+        let s = MetricStore::new();
+        for i in 0..300 {
+            s.record(&http_run(&format!("j{i:03}"), None, 200, 3));
+        }
+        let mut calls = 0;
+        encode_chunks(&s, 4096, &mut |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!(calls, 1);
     }
 
     #[test]
