@@ -607,12 +607,18 @@ mod tests {
         assert!(counts[0].ends_with(" 2"), "{counts:?}");
     }
 
-    #[test]
-    fn chunks_hold_whole_lines_and_add_up_to_the_whole_text_in_both_formats() {
+    /// A store with `n` journeys that have each run once.
+    fn journeys(n: usize) -> MetricStore {
         let s = MetricStore::new();
-        for i in 0..300 {
+        for i in 0..n {
             s.record(&http_run(&format!("j{i:03}"), None, 200, 3));
         }
+        s
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_and_add_up_to_the_whole_text_in_both_formats() {
+        let s = journeys(300);
         s.skipped("j000");
         let whole = encode(&s);
         let mut chunks = Vec::new();
@@ -638,10 +644,7 @@ mod tests {
 
     #[test]
     fn a_refused_chunk_stops_the_encoding() {
-        let s = MetricStore::new();
-        for i in 0..300 {
-            s.record(&http_run(&format!("j{i:03}"), None, 200, 3));
-        }
+        let s = journeys(300);
         let mut calls = 0;
         encode_chunks(&s, 4096, &mut |_| {
             calls += 1;
