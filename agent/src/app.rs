@@ -144,6 +144,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         location = %location,
         otlp = telemetry.otlp_enabled(),
         shard = ?opts.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "vantage agent started"
     );
     let (tx, rx) = watch::channel(initial);

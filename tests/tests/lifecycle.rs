@@ -468,3 +468,47 @@ async fn sigterm_with_browser_runs_stuck_on_a_hung_page_leaves_no_browser_behind
     println!("stopped in {took:?} with two browser runs past the grace period (1s)");
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// `--worker-threads` sets the threads that run journeys, the agent says
+/// how many it has, and a count of 0 is refused with the flag's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_runtime_and_zero_is_refused() {
+    let echo = start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("j.yaml"),
+        journey("alpha", &echo.url("/a"), "200ms"),
+    )
+    .unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (extra, workers) in [(&["--worker-threads", "1"][..], 1), (&[][..], cpus)] {
+        let agent = AgentProcess::start(&[dir.path()], extra, &[])
+            .await
+            .unwrap();
+        agent
+            .wait_for_metrics(
+                |m| sample(m, "probe_success{journey=\"alpha\"") == Some(1.0),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let logs = agent.logs();
+        let started = logs
+            .lines()
+            .find(|l| l.contains("vantage agent started"))
+            .unwrap_or_else(|| panic!("no start line in: {logs}"));
+        assert!(
+            started.contains(&format!("workers={workers}")),
+            "{extra:?}: {started}"
+        );
+    }
+    let out = std::process::Command::new(vantage_tests::vantage_bin())
+        .arg("run")
+        .arg(dir.path())
+        .args(["--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
+}
