@@ -249,33 +249,30 @@ impl SpanQueue {
         }
         let before = st.pending.len();
         st.pending.extend(spans);
-        if st.oldest.is_none() {
-            st.oldest = Some(Instant::now());
-        }
         let wake = before == 0 || (before < BATCH && st.pending.len() >= BATCH);
-        let dropped = self.trim(&mut st);
-        drop(st);
-        self.count_dropped(dropped, store);
+        self.settle(st, store);
         if wake {
             self.wake.notify_one();
         }
     }
 
-    /// Drops the oldest spans beyond the cap; returns how many.
-    fn trim(&self, st: &mut QueueState) -> usize {
+    /// After spans were added: starts the linger clock if it is not
+    /// running, drops the oldest spans beyond the cap, and counts (and
+    /// logs) them once the lock is released.
+    fn settle(&self, mut st: std::sync::MutexGuard<'_, QueueState>, store: &MetricStore) {
+        if st.oldest.is_none() {
+            st.oldest = Some(Instant::now());
+        }
         let over = st.pending.len().saturating_sub(self.cap);
         st.pending.drain(..over);
-        over
-    }
-
-    fn count_dropped(&self, n: usize, store: &MetricStore) {
-        if n == 0 {
+        drop(st);
+        if over == 0 {
             return;
         }
-        store.dropped("traces", n as u64);
+        store.dropped("traces", over as u64);
         if self.log.allow() {
             warn!(
-                dropped = n,
+                dropped = over,
                 queued = self.cap,
                 "span export queue full: dropping the oldest spans (counted in vantage_telemetry_dropped)"
             );
@@ -288,12 +285,7 @@ impl SpanQueue {
         for s in batch.into_iter().rev() {
             st.pending.push_front(s);
         }
-        if st.oldest.is_none() {
-            st.oldest = Some(Instant::now());
-        }
-        let dropped = self.trim(&mut st);
-        drop(st);
-        self.count_dropped(dropped, store);
+        self.settle(st, store);
     }
 
     fn close(&self) {

@@ -490,14 +490,9 @@ pub fn encode_chunks(store: &MetricStore, size: usize, sink: &mut dyn FnMut(Stri
     w.flush(true);
 }
 
-/// The classic Prometheus text format of every series.
-pub fn encode_text(store: &MetricStore) -> String {
-    openmetrics_to_text(&encode(store))
-}
-
-/// The content type of [`encode`].
+/// The content type of [`encode`] and [`encode_chunks`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of [`encode_text`].
+/// The content type of their text through [`openmetrics_to_text`].
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Rewrites OpenMetrics text into the classic Prometheus text format for
@@ -549,6 +544,11 @@ pub fn openmetrics_to_text(om: &str) -> String {
 mod tests {
     use super::*;
     use crate::telemetry::store::tests::http_run;
+
+    /// The classic text format of every series, whole.
+    fn encode_text(store: &MetricStore) -> String {
+        openmetrics_to_text(&encode(store))
+    }
 
     #[test]
     fn series_labels_buckets_and_exemplars() {
