@@ -26,6 +26,24 @@ fn journey(name: &str, url: &str, every: &str) -> String {
     )
 }
 
+/// Waits until journey `alpha` has passed.
+async fn alpha_passes(agent: &AgentProcess) {
+    agent
+        .wait_for_metrics(
+            |m| sample(m, "probe_success{journey=\"alpha\"") == Some(1.0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+/// A directory holding journey `alpha`, a GET of `url` every 200 ms.
+fn alpha_dir(url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("j.yaml"), journey("alpha", url, "200ms")).unwrap();
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_rejects_invalid_config_and_applies_valid_config() {
     let echo = start_echo().await;
@@ -35,13 +53,7 @@ async fn reload_rejects_invalid_config_and_applies_valid_config() {
     let agent = AgentProcess::start(&[dir.path()], &["--watch-interval", "100ms"], &[])
         .await
         .unwrap();
-    agent
-        .wait_for_metrics(
-            |m| sample(m, "probe_success{journey=\"alpha\"") == Some(1.0),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    alpha_passes(&agent).await;
     assert_eq!(agent.get("/healthz").await.unwrap().0, 200);
 
     // A broken edit: rejected, logged with its location, alpha keeps running.
@@ -469,29 +481,51 @@ async fn sigterm_with_browser_runs_stuck_on_a_hung_page_leaves_no_browser_behind
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
+/// `vantage run` re-executes itself once with `MIMALLOC_PURGE_DELAY=0` and
+/// turns transparent huge pages off (figure 3's resident set); a value the
+/// user set is kept, and the PID the supervisor started is the agent's.
+#[tokio::test]
+async fn run_sets_the_allocator_up_for_a_small_resident_set_unless_told_otherwise() {
+    let echo = start_echo().await;
+    let dir = alpha_dir(&echo.url("/a"));
+    for (env, purge, thp_off) in [
+        (&[][..], "MIMALLOC_PURGE_DELAY=0", true),
+        (
+            &[("MIMALLOC_PURGE_DELAY", "250"), ("MIMALLOC_ALLOW_THP", "1")][..],
+            "MIMALLOC_PURGE_DELAY=250",
+            false,
+        ),
+    ] {
+        let agent = AgentProcess::start(&[dir.path()], &[], env).await.unwrap();
+        alpha_passes(&agent).await;
+        let environ = std::fs::read(format!("/proc/{}/environ", agent.pid())).unwrap();
+        let vars: Vec<_> = environ
+            .split(|b| *b == 0)
+            .map(String::from_utf8_lossy)
+            .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
+            .collect();
+        assert_eq!(vars, [purge], "{env:?}");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+        // "THP_enabled: 0" once PR_SET_THP_DISABLE is set (Linux 5.0 and later).
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(line.ends_with('0'), thp_off, "{env:?}: {line}");
+        }
+        assert!(!agent.logs().contains("cannot execute"), "{}", agent.logs());
+    }
+}
+
 /// `--worker-threads` sets the threads that run journeys, the agent says
 /// how many it has, and a count of 0 is refused with the flag's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_sets_the_runtime_and_zero_is_refused() {
     let echo = start_echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("j.yaml"),
-        journey("alpha", &echo.url("/a"), "200ms"),
-    )
-    .unwrap();
+    let dir = alpha_dir(&echo.url("/a"));
     let cpus = std::thread::available_parallelism().unwrap().get();
     for (extra, workers) in [(&["--worker-threads", "1"][..], 1), (&[][..], cpus)] {
         let agent = AgentProcess::start(&[dir.path()], extra, &[])
             .await
             .unwrap();
-        agent
-            .wait_for_metrics(
-                |m| sample(m, "probe_success{journey=\"alpha\"") == Some(1.0),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        alpha_passes(&agent).await;
         let logs = agent.logs();
         let started = logs
             .lines()

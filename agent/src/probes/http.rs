@@ -24,7 +24,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use url::Url;
 
@@ -392,7 +391,7 @@ impl Exchange<'_> {
         };
         let addr = SocketAddr::new(ip, port);
         rec.enter(Phase::Connect);
-        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+        let tcp = super::connect(addr).await.map_err(|e| {
             ProbeError::new(
                 ErrorKind::Connect,
                 Some(Phase::Connect),

@@ -18,9 +18,12 @@ pub mod sql;
 pub mod tcp;
 pub mod tls;
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::journey::Vars;
@@ -301,6 +304,43 @@ pub async fn resolve_host(
         .ok_or_else(|| dns(format!("`{host}` has no A or AAAA records")))
 }
 
+/// Opens a TCP connection to `addr`, returning as soon as it is established.
+///
+/// Unlike `TcpStream::connect`, which always waits for the runtime to
+/// report the socket writable, this asks the kernel right after `connect`
+/// whether the handshake is already done, as it is on loopback and often
+/// on a LAN (it completes inside the system call there). The connect phase
+/// then ends when the connection was made, not when this task was next
+/// polled, and the run skips a trip through the runtime's event loop.
+/// Otherwise it waits as usual.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::AsFd;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    let pending = match socket.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+            // Interrupted or failed: treat as not yet known and wait below.
+            !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        }
+        Err(e) => return Err(e),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if pending {
+        stream.writable().await?;
+    }
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
+}
+
 /// Shared TLS client configurations, built once.
 pub fn shared_tls(insecure: bool) -> Arc<rustls::ClientConfig> {
     use std::sync::OnceLock;
@@ -315,4 +355,56 @@ pub fn shared_tls(insecure: bool) -> Arc<rustls::ClientConfig> {
         Arc::new(config)
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn connect_returns_an_established_stream_or_the_refusal() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(addr).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        drop(listener);
+        let err = connect(addr).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_waits_for_a_handshake_that_is_not_done_yet() {
+        // A listener whose accept queue is full drops new SYNs, so the
+        // second connection stays in progress until the queue has room and
+        // the client resends its SYN (after about a second).
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.listen(0).unwrap();
+        let listener = std::net::TcpListener::from(socket);
+        let addr = listener.local_addr().unwrap();
+        let _first = connect(addr).await.unwrap();
+        let second = tokio::spawn(connect(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "connected past a full accept queue");
+        let _accepted = listener.accept().unwrap();
+        let stream = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("connection never completed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+    }
 }

@@ -38,6 +38,9 @@ pub struct RxStream {
     /// kernel refused to timestamp this socket.
     cmsg: Option<Vec<u8>>,
     clock: RxClock,
+    /// Writes go straight to the socket until one would block (see
+    /// [`RxStream::poll_write_vectored`]).
+    optimistic: bool,
 }
 
 /// The arrival time of the latest bytes read through an [`RxStream`].
@@ -69,6 +72,7 @@ impl RxStream {
             inner,
             cmsg,
             clock: clock.clone(),
+            optimistic: true,
         };
         (stream, clock)
     }
@@ -124,15 +128,30 @@ impl AsyncWrite for RxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
+    /// The runtime writes to a socket only once its event loop has reported
+    /// it writable, and a new connection has no report yet: the request
+    /// would wait for a trip through the event loop, and that wait (the
+    /// agent's, not the target's) would be timed as the target's. So the
+    /// first writes are tried on the socket directly; once one would block,
+    /// writing goes back to waiting for readiness as usual.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.optimistic {
+            match sys::send(&this.inner, bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.optimistic = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -168,7 +187,7 @@ mod sys {
     use std::sync::OnceLock;
     use std::time::{Duration, SystemTime};
 
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, sendmsg, setsockopt, sockopt};
     use nix::sys::time::TimeSpec;
     use tokio::net::TcpStream;
 
@@ -192,6 +211,19 @@ mod sys {
 
     pub fn cmsg_buffer() -> Vec<u8> {
         nix::cmsg_space!(TimeSpec)
+    }
+
+    /// One non-blocking `sendmsg` of `bufs`, whatever the runtime last
+    /// heard about the socket's readiness.
+    pub fn send(stream: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        sendmsg::<()>(
+            stream.as_raw_fd(),
+            bufs,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)
     }
 
     /// One `recvmsg` into `buf`: the bytes read and, when the kernel
@@ -237,6 +269,10 @@ mod sys {
         Vec::new()
     }
 
+    pub fn send(stream: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        stream.try_write_vectored(bufs)
+    }
+
     pub fn recv(
         stream: &TcpStream,
         buf: &mut [u8],
@@ -264,6 +300,37 @@ mod tests {
         let (peer, _) = listener.accept().expect("accept");
         let (stream, clock) = RxStream::new(client);
         (stream, clock, peer)
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_writes_without_waiting_for_the_event_loop() {
+        // Made as a probe makes it: nothing has yet told the runtime that
+        // the socket is writable.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = crate::probes::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let (mut stream, _clock) = RxStream::new(client);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let request = b"GET / HTTP/1.1\r\n\r\n";
+        let polled = Pin::new(&mut stream).poll_write(&mut cx, request);
+        assert!(matches!(polled, Poll::Ready(Ok(18))), "{polled:?}");
+        let mut got = [0u8; 18];
+        std::io::Read::read_exact(&mut peer, &mut got).expect("read");
+        assert_eq!(&got, request);
+        // A peer that has gone away is an error, not a hang.
+        drop(peer);
+        drop(listener);
+        let mut result = Poll::Ready(Ok(0));
+        for _ in 0..50 {
+            result = Pin::new(&mut stream).poll_write(&mut cx, request);
+            if matches!(result, Poll::Ready(Err(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(matches!(result, Poll::Ready(Err(_))), "{result:?}");
     }
 
     /// Waits until the host stamps received segments: the first stream of

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{Ctx, ProbeError};
 use crate::journey::Template;
@@ -71,7 +70,7 @@ async fn converse(
     let ip = super::resolve_host(env, rec, &check.host).await?;
     let addr = SocketAddr::new(ip, check.port);
     rec.enter(Phase::Connect);
-    let tcp = TcpStream::connect(addr).await.map_err(|e| {
+    let tcp = super::connect(addr).await.map_err(|e| {
         ProbeError::new(
             ErrorKind::Connect,
             Some(Phase::Connect),

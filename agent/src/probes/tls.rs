@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 use super::{Ctx, ProbeError};
 use crate::report::{CallDetail, ErrorKind, Phase, TlsCall};
@@ -153,7 +152,7 @@ async fn handshake(
     let ip = super::resolve_host(env, rec, &check.host).await?;
     let addr = SocketAddr::new(ip, check.port);
     rec.enter(Phase::Connect);
-    let tcp = TcpStream::connect(addr).await.map_err(|e| {
+    let tcp = super::connect(addr).await.map_err(|e| {
         ProbeError::new(
             ErrorKind::Connect,
             Some(Phase::Connect),
