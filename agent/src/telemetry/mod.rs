@@ -12,6 +12,7 @@ pub mod otlp_metrics;
 pub mod prometheus;
 pub mod spans;
 pub mod store;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,6 @@ pub use store::MetricStore;
 pub struct Telemetry {
     pub metrics: Arc<MetricStore>,
     otlp: Option<otlp::Otlp>,
-    scope: opentelemetry::InstrumentationScope,
 }
 
 impl Telemetry {
@@ -32,7 +32,6 @@ impl Telemetry {
         Telemetry {
             metrics: Arc::new(MetricStore::new()),
             otlp: None,
-            scope: spans::scope(),
         }
     }
 
@@ -58,7 +57,7 @@ impl Telemetry {
     pub fn record(&self, r: &JourneyReport) {
         self.metrics.record(r);
         if let Some(otlp) = &self.otlp {
-            otlp.send_spans(spans::spans_for(r, &self.scope), &self.metrics);
+            otlp.send_spans(r, &self.metrics);
         }
     }
 

@@ -1,12 +1,13 @@
 //! OTLP export of traces and metrics over gRPC or HTTP/protobuf.
 //!
-//! Traces: reports become spans after the run and go into a bounded queue
-//! that a task of its own drains into the SDK's `SpanExporter` (the
-//! official protocol encoding and transports). A collector that is down
-//! never slows probing: a full queue drops the oldest spans, counts them in
+//! Traces: each finished run's spans are encoded once (`spans.rs`) and
+//! go into a bounded queue that a task of its own drains, a batch per
+//! export request, through [`Transport`]. A collector that is down never
+//! slows probing: a full queue drops the oldest runs' spans, counts them in
 //! `vantage_telemetry_dropped{signal="traces"}` and logs at most once a
-//! minute; failed batches are kept and retried with backoff, so export
-//! resumes by itself when the collector returns.
+//! minute; a failed request is kept, encoded, at the head of the queue and
+//! retried with backoff, so export resumes by itself when the collector
+//! returns.
 //!
 //! Metrics: `otlp_metrics.rs` exports the metric store periodically.
 
@@ -14,17 +15,23 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope as PbScope;
+use opentelemetry_proto::tonic::resource::v1::Resource as PbResource;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::names;
 use super::otlp_metrics::MetricExport;
+use super::spans;
 use super::store::{MetricStore, lock};
+use super::transport::{Signal, Transport};
+use crate::report::JourneyReport;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -118,6 +125,22 @@ impl RateLimitedLog {
     }
 }
 
+/// The instrumentation scope of every span and metric Vantage exports.
+pub(crate) fn pb_scope() -> PbScope {
+    PbScope {
+        name: "vantage".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn pb_resource(resource: &Resource) -> PbResource {
+    PbResource {
+        attributes: ResourceAttributesWithSchema::from(resource).attributes.0,
+        ..Default::default()
+    }
+}
+
 pub struct Otlp {
     spans: Option<Arc<SpanQueue>>,
     worker: Option<tokio::task::JoinHandle<()>>,
@@ -136,36 +159,16 @@ impl Otlp {
             worker: None,
             metrics: None,
         };
-        let endpoint = |path: &str| {
-            cfg.endpoint.as_ref().map(|e| match cfg.protocol {
-                Protocol::Grpc => e.clone(),
-                Protocol::HttpProtobuf => format!("{}{path}", e.trim_end_matches('/')),
-            })
-        };
         if cfg.traces {
-            let mut exporter = match cfg.protocol {
-                Protocol::Grpc => {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                    if let Some(e) = endpoint("") {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-                Protocol::HttpProtobuf => {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                    if let Some(e) = endpoint("/v1/traces") {
-                        b = b.with_endpoint(e);
-                    }
-                    b.build()
-                }
-            }
-            .map_err(|e| format!("cannot build the OTLP span exporter: {e}"))?;
-            exporter.set_resource(&resource);
+            let transport = Transport::new(cfg, Signal::Traces)?;
             let queue = Arc::new(SpanQueue::new(cfg.queue_spans));
+            let header = BatchHeader {
+                resource: pb_resource(&resource).encode_to_vec(),
+                scope: pb_scope().encode_to_vec(),
+            };
             otlp.worker = Some(tokio::spawn(span_worker(
-                exporter,
+                transport,
+                header,
                 queue.clone(),
                 store.clone(),
             )));
@@ -177,11 +180,14 @@ impl Otlp {
         Ok(otlp)
     }
 
-    /// Queues a run's spans; never waits. Past the queue's cap the oldest
-    /// spans are dropped and counted.
-    pub fn send_spans(&self, spans: Vec<SpanData>, store: &MetricStore) {
+    /// Encodes a run's spans and queues them; never waits. Past the queue's
+    /// cap the oldest runs' spans are dropped and counted.
+    pub fn send_spans(&self, r: &JourneyReport, store: &MetricStore) {
         if let Some(q) = &self.spans {
-            q.push(spans, store);
+            // About 300 bytes a span: one allocation for most runs.
+            let mut bytes = Vec::with_capacity(384 * (1 + 2 * r.steps.len()));
+            let spans = spans::encode_run(r, &mut bytes);
+            q.push(Pending::Run { spans, bytes }, store);
         }
     }
 
@@ -206,6 +212,27 @@ const BATCH: usize = 512;
 /// How long a partial batch waits for company.
 const LINGER: Duration = Duration::from_millis(200);
 
+/// What waits for export: one run's encoded spans, or a request that failed
+/// and is retried as it is.
+enum Pending {
+    Run { spans: u32, bytes: Vec<u8> },
+    Failed { spans: u32, body: Bytes },
+}
+
+impl Pending {
+    fn spans(&self) -> usize {
+        match self {
+            Pending::Run { spans, .. } | Pending::Failed { spans, .. } => *spans as usize,
+        }
+    }
+}
+
+/// The encoded resource and scope every span request starts with.
+struct BatchHeader {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
 /// The spans waiting for export. Runs append under a short lock; the export
 /// worker takes batches. A run wakes the worker only when its spans start
 /// a batch or fill one, so a busy agent wakes it a few times a second
@@ -218,7 +245,9 @@ struct SpanQueue {
 }
 
 struct QueueState {
-    pending: VecDeque<SpanData>,
+    pending: VecDeque<Pending>,
+    /// Spans in `pending`.
+    spans: usize,
     /// When the oldest pending span arrived: a batch leaves when it is full
     /// or has waited `LINGER`.
     oldest: Option<Instant>,
@@ -231,6 +260,7 @@ impl SpanQueue {
         SpanQueue {
             state: Mutex::new(QueueState {
                 pending: VecDeque::new(),
+                spans: 0,
                 oldest: None,
                 closed: false,
             }),
@@ -240,16 +270,17 @@ impl SpanQueue {
         }
     }
 
-    fn push(&self, spans: Vec<SpanData>, store: &MetricStore) {
+    fn push(&self, run: Pending, store: &MetricStore) {
         let mut st = lock(&self.state);
         if st.closed {
             drop(st);
-            store.dropped("traces", spans.len() as u64);
+            store.dropped("traces", run.spans() as u64);
             return;
         }
-        let before = st.pending.len();
-        st.pending.extend(spans);
-        let wake = before == 0 || (before < BATCH && st.pending.len() >= BATCH);
+        let before = st.spans;
+        st.spans += run.spans();
+        st.pending.push_back(run);
+        let wake = before == 0 || (before < BATCH && st.spans >= BATCH);
         self.settle(st, store);
         if wake {
             self.wake.notify_one();
@@ -257,14 +288,21 @@ impl SpanQueue {
     }
 
     /// After spans were added: starts the linger clock if it is not
-    /// running, drops the oldest spans beyond the cap, and counts (and
-    /// logs) them once the lock is released.
+    /// running, drops the oldest entries while the queue is over its cap
+    /// (a run's spans go together; the newest entry always stays), and
+    /// counts (and logs) the dropped spans once the lock is released.
     fn settle(&self, mut st: std::sync::MutexGuard<'_, QueueState>, store: &MetricStore) {
         if st.oldest.is_none() {
             st.oldest = Some(Instant::now());
         }
-        let over = st.pending.len().saturating_sub(self.cap);
-        st.pending.drain(..over);
+        let mut over = 0;
+        while st.spans > self.cap && st.pending.len() > 1 {
+            let Some(gone) = st.pending.pop_front() else {
+                break;
+            };
+            st.spans -= gone.spans();
+            over += gone.spans();
+        }
         drop(st);
         if over == 0 {
             return;
@@ -279,12 +317,11 @@ impl SpanQueue {
         }
     }
 
-    /// Puts a batch that failed back at the front, oldest first.
-    fn put_back(&self, batch: Vec<SpanData>, store: &MetricStore) {
+    /// Puts a request that failed back at the front, to be retried first.
+    fn put_back(&self, spans: u32, body: Bytes, store: &MetricStore) {
         let mut st = lock(&self.state);
-        for s in batch.into_iter().rev() {
-            st.pending.push_front(s);
-        }
+        st.spans += spans as usize;
+        st.pending.push_front(Pending::Failed { spans, body });
         self.settle(st, store);
     }
 
@@ -293,10 +330,14 @@ impl SpanQueue {
         self.wake.notify_one();
     }
 
-    /// The next batch, once one is due and the worker may send (`retry_at`);
-    /// `None` once the queue is closed and empty. The flag says whether the
-    /// queue is closed.
-    async fn next_batch(&self, retry_at: Instant) -> Option<(Vec<SpanData>, bool)> {
+    /// The next request, once one is due and the worker may send
+    /// (`retry_at`), with its span count; `None` once the queue is closed
+    /// and empty. The flag says whether the queue is closed.
+    async fn next_batch(
+        &self,
+        retry_at: Instant,
+        header: &BatchHeader,
+    ) -> Option<(Bytes, u32, bool)> {
         loop {
             let due = {
                 let mut st = lock(&self.state);
@@ -306,7 +347,9 @@ impl SpanQueue {
                         return None;
                     }
                     now
-                } else if st.pending.len() >= BATCH {
+                } else if st.spans >= BATCH
+                    || matches!(st.pending.front(), Some(Pending::Failed { .. }))
+                {
                     retry_at
                 } else {
                     match st.oldest {
@@ -315,12 +358,20 @@ impl SpanQueue {
                     }
                 };
                 if due <= now {
-                    let n = st.pending.len().min(BATCH);
-                    let batch: Vec<SpanData> = st.pending.drain(..n).collect();
-                    if st.pending.is_empty() {
-                        st.oldest = None;
-                    }
-                    return Some((batch, st.closed));
+                    let taken = Self::take(&mut st);
+                    let closed = st.closed;
+                    drop(st);
+                    return Some(match taken {
+                        Taken::Failed(spans, body) => (body, spans, closed),
+                        Taken::Runs(spans, runs) => {
+                            let body = spans::request(
+                                &header.resource,
+                                &header.scope,
+                                runs.iter().map(Vec::as_slice),
+                            );
+                            (Bytes::from(body), spans, closed)
+                        }
+                    });
                 }
                 due
             };
@@ -332,10 +383,48 @@ impl SpanQueue {
             }
         }
     }
+
+    /// A failed request alone, or runs up to a batch of spans (at least one
+    /// run, however large).
+    fn take(st: &mut QueueState) -> Taken {
+        let taken = match st.pending.pop_front() {
+            Some(Pending::Failed { spans, body }) => {
+                st.spans -= spans as usize;
+                Taken::Failed(spans, body)
+            }
+            Some(Pending::Run { spans, bytes }) => {
+                st.spans -= spans as usize;
+                let mut total = spans;
+                let mut runs = vec![bytes];
+                while let Some(Pending::Run { spans, .. }) = st.pending.front() {
+                    if total as usize + *spans as usize > BATCH {
+                        break;
+                    }
+                    if let Some(Pending::Run { spans, bytes }) = st.pending.pop_front() {
+                        st.spans -= spans as usize;
+                        total += spans;
+                        runs.push(bytes);
+                    }
+                }
+                Taken::Runs(total, runs)
+            }
+            None => Taken::Runs(0, Vec::new()),
+        };
+        if st.pending.is_empty() {
+            st.oldest = None;
+        }
+        taken
+    }
+}
+
+enum Taken {
+    Failed(u32, Bytes),
+    Runs(u32, Vec<Vec<u8>>),
 }
 
 async fn span_worker(
-    exporter: opentelemetry_otlp::SpanExporter,
+    mut transport: Transport,
+    header: BatchHeader,
     queue: Arc<SpanQueue>,
     store: Arc<MetricStore>,
 ) {
@@ -343,24 +432,19 @@ async fn span_worker(
     let mut retry_at = Instant::now();
     let log = RateLimitedLog::new();
     let mut failing = false;
-    while let Some((batch, closed)) = queue.next_batch(retry_at).await {
-        let keep = batch.clone();
-        let result = tokio::time::timeout(Duration::from_secs(15), exporter.export(batch)).await;
-        match result {
-            Ok(Ok(())) => {
+    while let Some((body, spans, closed)) = queue.next_batch(retry_at, &header).await {
+        // `Bytes` is shared, not copied: the same request is kept for a retry.
+        match transport.send(body.clone()).await {
+            Ok(()) => {
                 if failing {
                     info!("span export recovered");
                 }
                 failing = false;
                 backoff = Duration::from_secs(1);
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(reason) => {
                 store.export_failed("traces");
-                let reason = match result {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".into(),
-                };
-                let queued = lock(&queue.state).pending.len() + keep.len();
+                let queued = lock(&queue.state).spans + spans as usize;
                 if log.allow() {
                     warn!(error = %reason, queued, retry_in = ?backoff, "span export failed; keeping spans and retrying");
                 }
@@ -369,7 +453,7 @@ async fn span_worker(
                     store.dropped("traces", queued as u64);
                     return;
                 }
-                queue.put_back(keep, &store);
+                queue.put_back(spans, body, &store);
                 failing = true;
                 retry_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -404,4 +488,101 @@ pub fn resource(location: &str, environment: Option<&str>) -> Resource {
         b = b.with_service_name(name);
     }
     b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::store::tests::http_run;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    fn run(spans: u32) -> Pending {
+        Pending::Run {
+            spans,
+            bytes: vec![0; spans as usize],
+        }
+    }
+
+    fn header() -> BatchHeader {
+        BatchHeader {
+            resource: pb_resource(&Resource::builder_empty().build()).encode_to_vec(),
+            scope: pb_scope().encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_runs_go_whole_and_are_counted() {
+        let store = MetricStore::new();
+        let q = SpanQueue::new(5);
+        q.push(run(3), &store);
+        q.push(run(3), &store);
+        // 6 > 5: the first run goes.
+        assert_eq!(lock(&q.state).spans, 3);
+        assert_eq!(store.totals().dropped_traces, 3);
+        // One run larger than the cap stays: the newest entry always does.
+        q.push(run(8), &store);
+        let st = lock(&q.state);
+        assert_eq!((st.spans, st.pending.len()), (8, 1));
+        drop(st);
+        assert_eq!(store.totals().dropped_traces, 6);
+    }
+
+    #[test]
+    fn a_failed_request_is_retried_alone_and_first_then_runs_fill_a_batch() {
+        let store = MetricStore::new();
+        let q = SpanQueue::new(100_000);
+        for _ in 0..300 {
+            q.push(run(3), &store);
+        }
+        q.put_back(7, Bytes::from_static(b"failed"), &store);
+        let mut st = lock(&q.state);
+        assert_eq!(st.spans, 907);
+        match SpanQueue::take(&mut st) {
+            Taken::Failed(7, body) => assert_eq!(&body[..], b"failed"),
+            _ => panic!("the failed request first"),
+        }
+        // 170 runs of 3 spans fit in a batch of 512; the 171st does not.
+        match SpanQueue::take(&mut st) {
+            Taken::Runs(n, runs) => assert_eq!((n, runs.len()), (510, 170)),
+            _ => panic!("runs"),
+        }
+        match SpanQueue::take(&mut st) {
+            Taken::Runs(n, runs) => assert_eq!((n, runs.len()), (390, 130)),
+            _ => panic!("runs"),
+        }
+        assert_eq!(st.spans, 0);
+        assert!(st.oldest.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_request_holding_every_run_in_order() {
+        let store = MetricStore::new();
+        let q = SpanQueue::new(100);
+        let names = ["a", "b", "c"];
+        for n in names {
+            let r = http_run(n, None, 200, 1);
+            let mut bytes = Vec::new();
+            let spans = crate::telemetry::spans::encode_run(&r, &mut bytes);
+            q.push(Pending::Run { spans, bytes }, &store);
+        }
+        q.close();
+        let (body, spans, closed) = q
+            .next_batch(Instant::now(), &header())
+            .await
+            .expect("a batch");
+        assert!(closed);
+        assert_eq!(spans, 9);
+        let req = ExportTraceServiceRequest::decode(body).expect("valid request");
+        let ss = &req.resource_spans[0].scope_spans[0];
+        assert_eq!(ss.scope.as_ref().map(|s| s.name.as_str()), Some("vantage"));
+        let roots: Vec<&str> = ss
+            .spans
+            .iter()
+            .filter(|s| s.parent_span_id.is_empty())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(roots, ["journey a", "journey b", "journey c"]);
+        assert_eq!(ss.spans.len(), 9);
+        assert!(q.next_batch(Instant::now(), &header()).await.is_none());
+    }
 }

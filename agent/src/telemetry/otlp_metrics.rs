@@ -19,85 +19,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar as PbExemplar, Histogram, HistogramDataPoint, Metric,
     NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource as PbResource;
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::names;
-use super::otlp::{OtlpConfig, Protocol, RateLimitedLog};
+use super::otlp::{OtlpConfig, RateLimitedLog};
 use super::store::{Hist, HistKey, JourneySeries, MetricStore, lock};
+use super::transport::{Signal, Transport, millis};
 
 /// Data points per export request.
 pub const POINTS_PER_REQUEST: usize = 4000;
-
-fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn millis(k: &str) -> Option<Duration> {
-    var(k)?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_millis)
-}
-
-/// `OTEL_EXPORTER_OTLP_*HEADERS`: `k=v,k2=v2`, values percent-decoded.
-fn headers() -> Vec<(String, String)> {
-    let Some(raw) =
-        var("OTEL_EXPORTER_OTLP_METRICS_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
-    else {
-        return Vec::new();
-    };
-    raw.split(',')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), percent_decode(v.trim())))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3)
-            && let Ok(v) = u8::from_str_radix(h, 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-enum Transport {
-    Grpc(MetricsServiceClient<tonic::transport::Channel>),
-    Http {
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
-        url: http::Uri,
-    },
-}
 
 /// The running export task.
 pub struct MetricExport {
@@ -112,61 +52,16 @@ impl MetricExport {
         resource: &Resource,
         store: Arc<MetricStore>,
     ) -> Result<MetricExport, String> {
-        let timeout = millis("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT")
-            .or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"))
-            .unwrap_or(Duration::from_secs(10));
         let interval = cfg
             .metric_interval
             .or_else(|| millis("OTEL_METRIC_EXPORT_INTERVAL"))
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(60));
-        let transport = match cfg.protocol {
-            Protocol::Grpc => {
-                let url = cfg
-                    .endpoint
-                    .clone()
-                    .or_else(|| var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
-                    .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                    .unwrap_or_else(|| "http://localhost:4317".into());
-                let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("invalid OTLP metrics endpoint `{url}`: {e}"))?
-                    .connect_timeout(timeout)
-                    .timeout(timeout)
-                    .connect_lazy();
-                Transport::Grpc(MetricsServiceClient::new(channel))
-            }
-            Protocol::HttpProtobuf => {
-                let url = match &cfg.endpoint {
-                    Some(e) => format!("{}/v1/metrics", e.trim_end_matches('/')),
-                    None => var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").unwrap_or_else(|| {
-                        let base = var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                            .unwrap_or_else(|| "http://localhost:4318".into());
-                        format!("{}/v1/metrics", base.trim_end_matches('/'))
-                    }),
-                };
-                let uri: http::Uri = url
-                    .parse()
-                    .map_err(|e| format!("invalid OTLP metrics endpoint `{url}`: {e}"))?;
-                if uri.scheme_str() != Some("http") {
-                    return Err(format!(
-                        "OTLP metrics endpoint `{url}`: only http:// is supported over HTTP/protobuf (use grpc for TLS)"
-                    ));
-                }
-                Transport::Http {
-                    client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
-                    url: uri,
-                }
-            }
-        };
+        let transport = Transport::new(cfg, Signal::Metrics)?;
         let exporter = Exporter {
             transport,
-            headers: headers(),
-            timeout,
-            resource: PbResource {
-                attributes: ResourceAttributesWithSchema::from(resource).attributes.0,
-                ..Default::default()
-            },
-            scope: InstrumentationScope::from((&super::spans::scope(), None)),
+            resource: super::otlp::pb_resource(resource),
+            scope: super::otlp::pb_scope(),
             store,
             log: RateLimitedLog::new(),
             failing: false,
@@ -207,8 +102,6 @@ async fn worker(mut exporter: Exporter, interval: Duration, stop: CancellationTo
 
 struct Exporter {
     transport: Transport,
-    headers: Vec<(String, String)>,
-    timeout: Duration,
     resource: PbResource,
     scope: InstrumentationScope,
     store: Arc<MetricStore>,
@@ -254,45 +147,7 @@ impl Exporter {
     }
 
     async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
-        match &mut self.transport {
-            Transport::Grpc(client) => {
-                let mut r = tonic::Request::new(req);
-                for (k, v) in &self.headers {
-                    if let (Ok(k), Ok(v)) = (
-                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
-                        v.parse(),
-                    ) {
-                        r.metadata_mut().insert(k, v);
-                    }
-                }
-                client
-                    .export(r)
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
-            }
-            Transport::Http { client, url } => {
-                let mut b = http::Request::post(url.clone())
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
-                for (k, v) in &self.headers {
-                    b = b.header(k.as_str(), v.as_str());
-                }
-                let body = Full::new(Bytes::from(req.encode_to_vec()));
-                let request = b.body(body).map_err(|e| e.to_string())?;
-                let response = tokio::time::timeout(self.timeout, client.request(request))
-                    .await
-                    .map_err(|_| format!("timed out after {:?}", self.timeout))?
-                    .map_err(|e| format!("{url}: {e}"))?;
-                let status = response.status();
-                // Drain the body so the connection can be reused.
-                let _ = tokio::time::timeout(self.timeout, response.into_body().collect()).await;
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("{url}: HTTP {status}"))
-                }
-            }
-        }
+        self.transport.send(Bytes::from(req.encode_to_vec())).await
     }
 }
 
