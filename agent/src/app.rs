@@ -1,5 +1,14 @@
 //! The long-running agent: load, schedule, serve, reload, shut down.
 //!
+//! Journeys run on lanes: threads with a single-threaded runtime each, one
+//! per CPU by default, that schedule and run their own share of the
+//! journeys (`scheduler::partition`). A run then never moves between
+//! threads and never wakes another one, which at a thousand runs a second
+//! is a fifth of the CPU a work-stealing runtime spends per run
+//! (`bench/RESULTS.md`, figure 1). Everything else (the HTTP server,
+//! reloads, signals, the OTLP exporters) runs on the caller's runtime, so
+//! it never delays a run.
+//!
 //! Startup is a reload from the empty set. SIGHUP or a changed journey file
 //! triggers a reload; an invalid new config is rejected with its errors
 //! logged and the old set keeps running. SIGTERM/SIGINT stop scheduling,
@@ -22,7 +31,7 @@ use crate::config::ConfigError;
 use crate::journey::build::{BuildOptions, load_and_build};
 use crate::journey::runner::RunEnv;
 use crate::probes::ProbeEnv;
-use crate::scheduler::{JourneySet, Scheduler, Shard};
+use crate::scheduler::{JourneySet, Scheduler, Shard, partition};
 use crate::server::{ServerState, router};
 use crate::telemetry::{OtlpConfig, Telemetry};
 
@@ -40,6 +49,8 @@ pub struct AgentOptions {
     pub browser: crate::probes::browser::BrowserOptions,
     /// How often journey files are checked for changes.
     pub watch_interval: Duration,
+    /// Threads that run journeys, each its own share.
+    pub lanes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,30 +149,60 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         tracker: TaskTracker::new(),
         cancel_runs: CancellationToken::new(),
     });
+    let lanes = opts.lanes.max(1);
     info!(
         journeys = initial.len(),
         listen = %bound,
         location = %location,
         otlp = telemetry.otlp_enabled(),
         shard = ?opts.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        workers = lanes,
         "vantage agent started"
     );
-    let (tx, rx) = watch::channel(initial);
+    telemetry.metrics.set_journeys(initial.len());
     let stop_scheduling = CancellationToken::new();
-    let sched_task = {
-        let s = scheduler.clone();
-        let stop = stop_scheduling.clone();
-        tokio::spawn(async move { s.run(rx, stop).await })
-    };
+    // Schedulers still running; lanes hold their runtimes until `release`.
+    let schedulers = TaskTracker::new();
+    let release = CancellationToken::new();
+    let mut senders = Vec::with_capacity(lanes);
+    let mut threads = Vec::with_capacity(lanes);
+    for (i, part) in partition(&initial, lanes).into_iter().enumerate() {
+        let (tx, rx) = watch::channel(part);
+        senders.push(tx);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AgentError::Setup(format!("cannot start a runtime for journeys: {e}")))?;
+        let run = schedulers.track_future({
+            let (s, stop) = (scheduler.clone(), stop_scheduling.clone());
+            async move { s.run(rx, stop).await }
+        });
+        let release = release.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vantage-lane-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    run.await;
+                    // Runs, browser sessions and their cleanups live on this
+                    // runtime: it stays until shutdown has dealt with them.
+                    release.cancelled().await;
+                });
+                // Blocking work of a stuck run must not hold the process.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| AgentError::Setup(format!("cannot start a thread for journeys: {e}")))?;
+        threads.push(thread);
+    }
+    drop(initial);
+    schedulers.close();
     ready.store(true, Ordering::Release);
 
-    wait_and_reload(&opts, &tx).await;
+    wait_and_reload(&opts, &senders, &telemetry).await;
 
     // Shutdown: not ready, no new runs, in-flight runs get the grace period.
     ready.store(false, Ordering::Release);
     stop_scheduling.cancel();
-    let _ = sched_task.await;
+    schedulers.wait().await;
     scheduler.tracker.close();
     let in_flight = scheduler.tracker.len();
     if in_flight > 0 {
@@ -191,6 +232,20 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     };
     tokio::join!(browsers, runs);
     drop(scheduler);
+    // The lanes' runtimes stop, dropping any run still stuck past the waits
+    // above, and with them their hold on the telemetry.
+    release.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        warn!("a journey thread did not stop within 5s");
+    }
     server_stop.cancel();
     let _ = server.await;
     match Arc::try_unwrap(telemetry) {
@@ -202,7 +257,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 }
 
 /// Handles signals and file changes until a stop signal arrives.
-async fn wait_and_reload(opts: &AgentOptions, tx: &watch::Sender<JourneySet>) {
+async fn wait_and_reload(
+    opts: &AgentOptions,
+    lanes: &[watch::Sender<JourneySet>],
+    telemetry: &Telemetry,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -233,7 +292,10 @@ async fn wait_and_reload(opts: &AgentOptions, tx: &watch::Sender<JourneySet>) {
         match result {
             Ok(Ok(set)) => {
                 info!(reason, journeys = set.len(), "configuration reloaded");
-                let _ = tx.send(set);
+                telemetry.metrics.set_journeys(set.len());
+                for (tx, part) in lanes.iter().zip(partition(&set, lanes.len())) {
+                    let _ = tx.send(part);
+                }
             }
             Ok(Err(errors)) => {
                 for e in &errors {

@@ -131,9 +131,9 @@ struct RunArgs {
     /// a deterministic hash of the journey name.
     #[arg(long, env = "VANTAGE_SHARD")]
     shard: Option<Shard>,
-    /// Threads that run journeys; default: one per CPU. One thread costs about
-    /// a fifth less CPU per run and less memory, but a run may then wait
-    /// behind telemetry work: more schedule lateness (bench/RESULTS.md).
+    /// Threads that run journeys, each its own share of them (by a hash of
+    /// the name); default: one per CPU. The HTTP server, reloads and the
+    /// exporters run on a thread of their own.
     #[arg(long, env = "VANTAGE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// How long in-flight runs may finish after SIGTERM before they are cancelled.
@@ -270,7 +270,7 @@ fn main() -> ExitCode {
         Command::Check { paths, vars } => check(&paths, &vars),
         Command::Once(args) => {
             init_logging(cli.log_format);
-            runtime(None)
+            runtime()
                 .and_then(|rt| rt.block_on(once(args)))
                 .unwrap_or_else(|e| {
                     eprintln!("error: {e:#}");
@@ -284,7 +284,12 @@ fn main() -> ExitCode {
                     "{why}; running with the allocator's default purge delay, which keeps more memory resident (set MIMALLOC_PURGE_DELAY=0 to avoid this)"
                 );
             }
-            runtime(args.worker_threads)
+            // The journeys run on lanes of their own (`app.rs`); this
+            // runtime serves, reloads and exports.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
                 .and_then(|rt| rt.block_on(run(args)))
                 .unwrap_or_else(|e| {
                     eprintln!("error: {e:#}");
@@ -294,13 +299,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: `workers` threads, or tokio's default (one per CPU).
-fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.into());
-    }
-    b.enable_all()
+/// The async runtime of `once`: one worker per CPU.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
@@ -367,6 +369,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         shard: args.shard,
         grace: args.grace,
         watch_interval: args.watch_interval,
+        lanes: args.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        ),
     };
     match app::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -75,6 +75,30 @@ impl Shard {
     }
 }
 
+/// Splits a journey set between `lanes` threads that each schedule and run
+/// their own part (`app.rs`), by a hash of the name: a journey stays on
+/// its lane across reloads, so its phase and its running flag stay with
+/// it. The hash is rotated so that the lanes stay even within one shard,
+/// which jump hashing chose from the same hash.
+pub fn partition(set: &[Arc<Journey>], lanes: usize) -> Vec<JourneySet> {
+    let lanes = lanes.max(1);
+    let mut parts: Vec<Vec<Arc<Journey>>> = vec![Vec::new(); lanes];
+    for j in set {
+        parts[lane_of(&j.name, lanes)].push(j.clone());
+    }
+    parts
+        .into_iter()
+        .map(|mut p| {
+            p.shrink_to_fit();
+            Arc::new(p)
+        })
+        .collect()
+}
+
+fn lane_of(name: &str, lanes: usize) -> usize {
+    (stable_hash(name).rotate_right(29) % lanes as u64) as usize
+}
+
 fn jump_hash(mut key: u64, buckets: u32) -> u32 {
     let (mut b, mut j): (i64, i64) = (-1, 0);
     while j < i64::from(buckets) {
@@ -222,7 +246,6 @@ impl Scheduler {
             info!(journey = %gone, "journey removed");
         }
         *entries = next;
-        self.telemetry.metrics.set_journeys(entries.len());
     }
 
     fn fire_due(
@@ -366,6 +389,29 @@ mod tests {
         assert!("0/5".parse::<Shard>().is_err());
         assert!("6/5".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn lanes_split_a_shard_evenly_and_keep_each_journey_in_place() {
+        let shard: Shard = "2/3".parse().unwrap();
+        let names: Vec<String> = (0..9000)
+            .map(|i| format!("j{i}"))
+            .filter(|n| shard.owns(n))
+            .collect();
+        for lanes in [2usize, 3, 8] {
+            let mut counts = vec![0usize; lanes];
+            for n in &names {
+                counts[lane_of(n, lanes)] += 1;
+            }
+            let even = names.len() / lanes;
+            assert!(
+                counts.iter().all(|c| c.abs_diff(even) < even / 8),
+                "{lanes} lanes: {counts:?}"
+            );
+        }
+        // The same name always lands on the same lane.
+        assert_eq!(lane_of("checkout", 4), lane_of("checkout", 4));
+        assert_eq!(lane_of("anything", 1), 0);
     }
 
     #[test]

@@ -514,10 +514,11 @@ async fn run_sets_the_allocator_up_for_a_small_resident_set_unless_told_otherwis
     }
 }
 
-/// `--worker-threads` sets the threads that run journeys, the agent says
-/// how many it has, and a count of 0 is refused with the flag's name.
+/// `--worker-threads` sets the threads that run journeys (lanes, each with
+/// a runtime of its own), the agent says how many it has, and a count of 0
+/// is refused with the flag's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_threads_sets_the_runtime_and_zero_is_refused() {
+async fn worker_threads_sets_the_lanes_and_zero_is_refused() {
     let echo = start_echo().await;
     let dir = alpha_dir(&echo.url("/a"));
     let cpus = std::thread::available_parallelism().unwrap().get();
@@ -535,6 +536,12 @@ async fn worker_threads_sets_the_runtime_and_zero_is_refused() {
             started.contains(&format!("workers={workers}")),
             "{extra:?}: {started}"
         );
+        let lanes = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("vantage-lane-"))
+            .count();
+        assert_eq!(lanes, workers, "{extra:?}: threads named vantage-lane-*");
     }
     let out = std::process::Command::new(vantage_tests::vantage_bin())
         .arg("run")
