@@ -37,7 +37,7 @@ CPU_FUNCS = [
     ("OTLP span export (span_worker)", "vantage::telemetry::otlp::span_worker"),
     ("Telemetry::record (per run)", "vantage::telemetry::Telemetry::record"),
     ("  MetricStore::record (every metric series)", "vantage::telemetry::store::MetricStore::record"),
-    ("  spans_for (report -> spans)", "vantage::telemetry::spans::spans_for"),
+    ("  encode_run (report -> OTLP protobuf)", "vantage::telemetry::spans::encode_run"),
     ("OTLP metric export", "vantage::telemetry::otlp_metrics::"),
     ("scheduler fire_due", "vantage::scheduler::Scheduler::fire_due"),
     ("  tokio::spawn (moves the run future)", "tokio::task::spawn::spawn"),
@@ -61,7 +61,9 @@ def setup(args, name: str):
     args_ns = argparse.Namespace(smoke=True, soak=None, only=None, bin_dir=args.bin_dir, rt=False)
     h = bench.Harness(args_ns)
     h.start_target()
-    env = {"RUST_LOG": "warn"}
+    # The setting `vantage run` would otherwise execute itself again to get, out of
+    # valgrind's sight.
+    env = {"RUST_LOG": "warn", "MIMALLOC_PURGE_DELAY": "0"}
     if args.telemetry == "on":
         h.sink, port = h.helper("sink")
         env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
