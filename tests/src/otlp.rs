@@ -216,6 +216,8 @@ struct State {
     metrics: Mutex<Vec<FlatMetric>>,
     resource: Mutex<Attributes>,
     log_records: Mutex<u64>,
+    /// The headers (HTTP) or metadata (gRPC) of the latest request, by signal.
+    headers: Mutex<BTreeMap<&'static str, Vec<(String, String)>>>,
     trace_requests: Counter,
     metric_requests: Counter,
     log_requests: Counter,
@@ -268,6 +270,27 @@ impl State {
 
     fn unavailable(&self) -> bool {
         self.unavailable.load(Ordering::SeqCst)
+    }
+
+    fn record_headers<'a>(
+        &self,
+        signal: &'static str,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        let h = headers
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        lock(&self.headers).insert(signal, h);
+    }
+
+    fn record_metadata(&self, signal: &'static str, md: &tonic::metadata::MetadataMap) {
+        self.record_headers(
+            signal,
+            md.iter().filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.as_bytes())),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            }),
+        );
     }
 }
 
@@ -376,6 +399,16 @@ impl Receiver {
     }
 
     /// All spans received so far, in arrival order.
+    /// The value of header `name` on the latest request of `signal`
+    /// (`"traces"` or `"metrics"`).
+    pub fn header(&self, signal: &str, name: &str) -> Option<String> {
+        lock(&self.state.headers)
+            .get(signal)?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn spans(&self) -> Vec<FlatSpan> {
         lock(&self.state.spans).clone()
     }
@@ -550,6 +583,7 @@ impl TraceService for GrpcSink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.record_metadata("traces", request.metadata());
         if self.0.unavailable() {
             self.0.trace_requests.incr();
             self.0.changed.incr();
@@ -566,6 +600,7 @@ impl MetricsService for GrpcSink {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.record_metadata("metrics", request.metadata());
         if self.0.unavailable() {
             self.0.metric_requests.incr();
             self.0.changed.incr();
@@ -681,6 +716,10 @@ async fn http_traces(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    state.record_headers(
+        "traces",
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+    );
     http_export::<ExportTraceServiceRequest, ExportTraceServiceResponse>(
         &state,
         &headers,
@@ -695,6 +734,10 @@ async fn http_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    state.record_headers(
+        "metrics",
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+    );
     http_export::<ExportMetricsServiceRequest, ExportMetricsServiceResponse>(
         &state,
         &headers,

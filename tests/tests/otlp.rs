@@ -266,3 +266,60 @@ async fn a_failing_backend_call_is_named_in_spans_and_metrics() {
         .unwrap();
     assert_eq!(m.points[0].attr_str("error.type"), Some("500"));
 }
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` goes on every request, percent-decoded; a
+/// signal's own `..._TRACES_HEADERS` replaces it for that signal.
+async fn headers_follow_the_signal(protocol: &str, rx: Receiver) {
+    let demo = DemoServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(vantage_bin())
+        .args(["once", "--json", "--only", "movie-guru-api"])
+        .arg(workspace_root().join("journeys"))
+        .args(["--var", &format!("api={}", demo.base_url())])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=sre,authorization=Bearer%20general",
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "authorization=Bearer%20traces",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rx.wait_for_span_count(|_| true, 11, Duration::from_secs(20))
+        .await
+        .unwrap();
+    rx.wait_for_metric("vantage.journey.duration", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.header("traces", "authorization").as_deref(),
+        Some("Bearer traces")
+    );
+    assert_eq!(rx.header("traces", "x-tenant"), None);
+    assert_eq!(
+        rx.header("metrics", "authorization").as_deref(),
+        Some("Bearer general")
+    );
+    assert_eq!(rx.header("metrics", "x-tenant").as_deref(), Some("sre"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_sends_the_configured_headers() {
+    headers_follow_the_signal("grpc", Receiver::grpc().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_sends_the_configured_headers() {
+    headers_follow_the_signal("http/protobuf", Receiver::http().await).await;
+}
