@@ -24,6 +24,15 @@ struct Once {
 }
 
 async fn vantage_once(demo: &DemoServer, rx: &Receiver, protocol: &str) -> Once {
+    vantage_once_with(demo, rx, protocol, &[]).await
+}
+
+async fn vantage_once_with(
+    demo: &DemoServer,
+    rx: &Receiver,
+    protocol: &str,
+    env: &[(&str, &str)],
+) -> Once {
     let out = tokio::process::Command::new(vantage_bin())
         .args(["once", "--json", "--only", "movie-guru-api"])
         .arg(workspace_root().join("journeys"))
@@ -35,6 +44,7 @@ async fn vantage_once(demo: &DemoServer, rx: &Receiver, protocol: &str) -> Once 
             "deployment.environment.name=ci,team=sre",
         )
         .env("VANTAGE_LOCATION", "ci-runner")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run vantage once");
@@ -273,29 +283,23 @@ async fn headers_follow_the_signal(protocol: &str, rx: Receiver) {
     let demo = DemoServer::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let out = tokio::process::Command::new(vantage_bin())
-        .args(["once", "--json", "--only", "movie-guru-api"])
-        .arg(workspace_root().join("journeys"))
-        .args(["--var", &format!("api={}", demo.base_url())])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "x-tenant=sre,authorization=Bearer%20general",
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            "authorization=Bearer%20traces",
-        )
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = vantage_once_with(
+        &demo,
+        &rx,
+        protocol,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-tenant=sre,authorization=Bearer%20general",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "authorization=Bearer%20traces",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
     rx.wait_for_span_count(|_| true, 11, Duration::from_secs(20))
         .await
         .unwrap();
