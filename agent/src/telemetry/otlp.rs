@@ -184,10 +184,7 @@ impl Otlp {
     /// cap the oldest runs' spans are dropped and counted.
     pub fn send_spans(&self, r: &JourneyReport, store: &MetricStore) {
         if let Some(q) = &self.spans {
-            // About 300 bytes a span: one allocation for most runs.
-            let mut bytes = Vec::with_capacity(384 * (1 + 2 * r.steps.len()));
-            let spans = spans::encode_run(r, &mut bytes);
-            q.push(Pending::Run { spans, bytes }, store);
+            q.push(Pending::run(r), store);
         }
     }
 
@@ -220,6 +217,14 @@ enum Pending {
 }
 
 impl Pending {
+    /// A finished run's spans, encoded.
+    fn run(r: &JourneyReport) -> Pending {
+        // About 300 bytes a span: one allocation for most runs.
+        let mut bytes = Vec::with_capacity(384 * (1 + 2 * r.steps.len()));
+        let spans = spans::encode_run(r, &mut bytes);
+        Pending::Run { spans, bytes }
+    }
+
     fn spans(&self) -> usize {
         match self {
             Pending::Run { spans, .. } | Pending::Failed { spans, .. } => *spans as usize,
@@ -560,10 +565,7 @@ mod tests {
         let q = SpanQueue::new(100);
         let names = ["a", "b", "c"];
         for n in names {
-            let r = http_run(n, None, 200, 1);
-            let mut bytes = Vec::new();
-            let spans = crate::telemetry::spans::encode_run(&r, &mut bytes);
-            q.push(Pending::Run { spans, bytes }, &store);
+            q.push(Pending::run(&http_run(n, None, 200, 1)), &store);
         }
         q.close();
         let (body, spans, closed) = q

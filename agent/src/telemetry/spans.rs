@@ -183,7 +183,6 @@ pub fn encode_run(r: &JourneyReport, out: &mut Vec<u8>) -> u32 {
     let mut pb = Pb(out);
     let trace = &r.trace_id.0;
     let mut count = 1;
-    let error_kind = r.error().map(|e| e.kind.as_str());
     let root_message = r.error().map(|e| {
         let step = r
             .failed_step
@@ -224,8 +223,8 @@ pub fn encode_run(r: &JourneyReport, out: &mut Vec<u8>) -> u32 {
         if let Some(addr) = &r.address {
             a.str(ATTR_ADDRESS, addr);
         }
-        if let Some(k) = &error_kind {
-            a.str(ERROR_TYPE, k);
+        if let Some(e) = r.error() {
+            a.str(ERROR_TYPE, &e.kind.as_str());
         }
     });
     for step in &r.steps {
@@ -233,7 +232,6 @@ pub fn encode_run(r: &JourneyReport, out: &mut Vec<u8>) -> u32 {
             continue;
         }
         count += 1;
-        let kind = step.error.as_ref().map(|e| e.kind.as_str());
         let s = Span {
             id: step.span_id.0,
             parent: Some(r.span_id.0),
@@ -251,8 +249,8 @@ pub fn encode_run(r: &JourneyReport, out: &mut Vec<u8>) -> u32 {
             a.str(ATTR_STEP, &step.name);
             a.str(ATTR_STEP_KIND, step.kind);
             a.str(SYNTHETIC_TYPE, "test");
-            if let (Some(e), Some(kind)) = (&step.error, &kind) {
-                a.str(ERROR_TYPE, kind);
+            if let Some(e) = &step.error {
+                a.str(ERROR_TYPE, &e.kind.as_str());
                 if let Some(p) = e.phase {
                     a.str(ATTR_PHASE, p.as_str());
                 }
