@@ -400,7 +400,7 @@ impl Receiver {
 
     /// All spans received so far, in arrival order.
     /// The value of header `name` on the latest request of `signal`
-    /// (`"traces"` or `"metrics"`).
+    /// (`"traces"`, `"metrics"` or `"logs"`).
     pub fn header(&self, signal: &str, name: &str) -> Option<String> {
         lock(&self.state.headers)
             .get(signal)?
@@ -617,6 +617,7 @@ impl LogsService for GrpcSink {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.record_metadata("logs", request.metadata());
         if self.0.unavailable() {
             self.0.log_requests.incr();
             self.0.changed.incr();
@@ -672,6 +673,7 @@ fn check_http_request(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
 /// default (full success) protobuf response `Resp`.
 fn http_export<Req, Resp>(
     state: &State,
+    signal: &'static str,
     headers: &HeaderMap,
     body: &Bytes,
     requests: &Counter,
@@ -681,6 +683,10 @@ where
     Req: Message + Default,
     Resp: Message + Default,
 {
+    state.record_headers(
+        signal,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+    );
     if let Err(rejection) = check_http_request(headers) {
         return rejection.into_response();
     }
@@ -716,12 +722,9 @@ async fn http_traces(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record_headers(
-        "traces",
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
-    );
     http_export::<ExportTraceServiceRequest, ExportTraceServiceResponse>(
         &state,
+        "traces",
         &headers,
         &body,
         &state.trace_requests,
@@ -734,12 +737,9 @@ async fn http_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record_headers(
-        "metrics",
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
-    );
     http_export::<ExportMetricsServiceRequest, ExportMetricsServiceResponse>(
         &state,
+        "metrics",
         &headers,
         &body,
         &state.metric_requests,
@@ -754,6 +754,7 @@ async fn http_logs(
 ) -> Response {
     http_export::<ExportLogsServiceRequest, ExportLogsServiceResponse>(
         &state,
+        "logs",
         &headers,
         &body,
         &state.log_requests,
