@@ -415,13 +415,18 @@ impl Exchange<'_> {
                     )
                 })?;
             let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-            let stream = connector.connect(server_name, tcp).await.map_err(|e| {
-                ProbeError::new(
-                    ErrorKind::Tls,
-                    Some(Phase::Tls),
-                    format!("TLS handshake with {bare_host}:{port} failed: {e}"),
-                )
-            })?;
+            // The TLS side is boxed: its handshake and stream would
+            // otherwise make every plain HTTP run as large as an HTTPS one
+            // (a run's future is copied whole when it is spawned).
+            let stream = Box::pin(connector.connect(server_name, tcp))
+                .await
+                .map_err(|e| {
+                    ProbeError::new(
+                        ErrorKind::Tls,
+                        Some(Phase::Tls),
+                        format!("TLS handshake with {bare_host}:{port} failed: {e}"),
+                    )
+                })?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let expiry = stream
                 .get_ref()
@@ -431,8 +436,7 @@ impl Exchange<'_> {
             if let Some(CallDetail::Http(h)) = rec.detail_mut() {
                 h.cert_expiry = expiry;
             }
-            self.send(stream, &rx, h2, cookies, rec, &traceparent, host, port)
-                .await?
+            Box::pin(self.send(stream, &rx, h2, cookies, rec, &traceparent, host, port)).await?
         } else {
             self.send(tcp, &rx, false, cookies, rec, &traceparent, host, port)
                 .await?
