@@ -17,6 +17,10 @@
 //! killing a collector process; [`Receiver::grpc_on`] / [`Receiver::http_on`]
 //! start a fresh receiver (with empty state) on the same address afterwards.
 //!
+//! [`Receiver::set_refusing`] makes it accept trace and metric exports but
+//! refuse everything in them (OTLP `partial_success`), like a collector
+//! whose limits every item breaks.
+//!
 //! Compressed HTTP bodies (`content-encoding` other than `identity`) and
 //! OTLP/JSON are answered with `415 Unsupported Media Type`; gRPC requests
 //! with `grpc-encoding: gzip` are rejected by tonic with `UNIMPLEMENTED`.
@@ -46,13 +50,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
@@ -224,6 +228,11 @@ struct State {
     /// Bumped after every request has been recorded; waiters watch it.
     changed: Counter,
     unavailable: AtomicBool,
+    /// While set, trace and metric exports are refused item by item with
+    /// this message.
+    refusing: Mutex<Option<String>>,
+    /// Spans and data points refused so far.
+    refused: Mutex<(u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -270,6 +279,59 @@ impl State {
 
     fn unavailable(&self) -> bool {
         self.unavailable.load(Ordering::SeqCst)
+    }
+
+    /// Counts a request whose data is not kept (refused or unavailable).
+    fn count_only(&self, requests: &Counter) {
+        requests.incr();
+        self.changed.incr();
+    }
+
+    /// Records a trace export, or refuses all its spans while refusing.
+    fn answer_traces(&self, req: &ExportTraceServiceRequest) -> ExportTraceServiceResponse {
+        let Some(message) = lock(&self.refusing).clone() else {
+            self.record_traces(req);
+            return ExportTraceServiceResponse::default();
+        };
+        self.count_only(&self.trace_requests);
+        let spans = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as i64)
+            .sum();
+        lock(&self.refused).0 += spans as u64;
+        ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: spans,
+                error_message: message,
+            }),
+        }
+    }
+
+    /// Records a metric export, or refuses all its points while refusing.
+    fn answer_metrics(&self, req: &ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
+        let Some(message) = lock(&self.refusing).clone() else {
+            self.record_metrics(req);
+            return ExportMetricsServiceResponse::default();
+        };
+        self.count_only(&self.metric_requests);
+        let points = flatten_metrics(req)
+            .iter()
+            .map(|m| m.points.len() as i64)
+            .sum();
+        lock(&self.refused).1 += points as u64;
+        ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: points,
+                error_message: message,
+            }),
+        }
+    }
+
+    fn answer_logs(&self, req: &ExportLogsServiceRequest) -> ExportLogsServiceResponse {
+        self.record_logs(req);
+        ExportLogsServiceResponse::default()
     }
 
     fn record_headers<'a>(
@@ -396,6 +458,19 @@ impl Receiver {
     /// HTTP `503`) and their data is dropped — a retryable collector outage.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    /// While `Some(message)`, trace and metric exports are accepted but
+    /// every span and data point in them is refused (`partial_success`
+    /// with that message), and nothing of them is kept; requests are still
+    /// counted.
+    pub fn set_refusing(&self, message: Option<&str>) {
+        *lock(&self.state.refusing) = message.map(str::to_string);
+    }
+
+    /// Spans and data points refused so far (see [`Receiver::set_refusing`]).
+    pub fn refused(&self) -> (u64, u64) {
+        *lock(&self.state.refused)
     }
 
     /// All spans received so far, in arrival order.
@@ -585,12 +660,12 @@ impl TraceService for GrpcSink {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.record_metadata("traces", request.metadata());
         if self.0.unavailable() {
-            self.0.trace_requests.incr();
-            self.0.changed.incr();
+            self.0.count_only(&self.0.trace_requests);
             return Err(unavailable_status());
         }
-        self.0.record_traces(request.get_ref());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        Ok(tonic::Response::new(
+            self.0.answer_traces(request.get_ref()),
+        ))
     }
 }
 
@@ -602,12 +677,12 @@ impl MetricsService for GrpcSink {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         self.0.record_metadata("metrics", request.metadata());
         if self.0.unavailable() {
-            self.0.metric_requests.incr();
-            self.0.changed.incr();
+            self.0.count_only(&self.0.metric_requests);
             return Err(unavailable_status());
         }
-        self.0.record_metrics(request.get_ref());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+        Ok(tonic::Response::new(
+            self.0.answer_metrics(request.get_ref()),
+        ))
     }
 }
 
@@ -619,12 +694,10 @@ impl LogsService for GrpcSink {
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         self.0.record_metadata("logs", request.metadata());
         if self.0.unavailable() {
-            self.0.log_requests.incr();
-            self.0.changed.incr();
+            self.0.count_only(&self.0.log_requests);
             return Err(unavailable_status());
         }
-        self.0.record_logs(request.get_ref());
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+        Ok(tonic::Response::new(self.0.answer_logs(request.get_ref())))
     }
 }
 
@@ -669,19 +742,19 @@ fn check_http_request(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     Ok(())
 }
 
-/// Decodes an OTLP/HTTP protobuf export, records it and answers with the
-/// default (full success) protobuf response `Resp`.
+/// Decodes an OTLP/HTTP protobuf export and answers it with `answer`'s
+/// protobuf response (which records it).
 fn http_export<Req, Resp>(
     state: &State,
     signal: &'static str,
     headers: &HeaderMap,
     body: &Bytes,
     requests: &Counter,
-    record: impl FnOnce(&State, &Req),
+    answer: impl FnOnce(&State, &Req) -> Resp,
 ) -> Response
 where
     Req: Message + Default,
-    Resp: Message + Default,
+    Resp: Message,
 {
     state.record_headers(
         signal,
@@ -701,18 +774,17 @@ where
         }
     };
     if state.unavailable() {
-        requests.incr();
-        state.changed.incr();
+        state.count_only(requests);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "test receiver set unavailable",
         )
             .into_response();
     }
-    record(state, &req);
+    let response = answer(state, &req);
     (
         [(header::CONTENT_TYPE, "application/x-protobuf")],
-        Resp::default().encode_to_vec(),
+        response.encode_to_vec(),
     )
         .into_response()
 }
@@ -728,7 +800,7 @@ async fn http_traces(
         &headers,
         &body,
         &state.trace_requests,
-        State::record_traces,
+        State::answer_traces,
     )
 }
 
@@ -743,7 +815,7 @@ async fn http_metrics(
         &headers,
         &body,
         &state.metric_requests,
-        State::record_metrics,
+        State::answer_metrics,
     )
 }
 
@@ -758,7 +830,7 @@ async fn http_logs(
         &headers,
         &body,
         &state.log_requests,
-        State::record_logs,
+        State::answer_logs,
     )
 }
 

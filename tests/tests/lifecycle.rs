@@ -191,6 +191,91 @@ async fn runs_past_the_grace_period_are_cancelled_and_still_reported() {
     );
 }
 
+/// A collector that accepts exports but refuses what is in them (OTLP
+/// partial success): the agent counts exactly what was refused, by signal,
+/// logs the collector's reason, does not count it as a failed export, and
+/// does not send the refused items again.
+async fn refused_items_are_counted_and_not_sent_again(protocol: &str, rx: Receiver) {
+    let echo = start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alpha.yaml"),
+        journey("alpha", &echo.url("/ok"), "200ms"),
+    )
+    .unwrap();
+    rx.set_refusing(Some("over the test collector's limits"));
+    let agent = AgentProcess::start(
+        &[dir.path()],
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ],
+    )
+    .await
+    .unwrap();
+    let rejected = |m: &str, signal: &str| {
+        sample(
+            m,
+            &format!("vantage_telemetry_rejected_total{{signal=\"{signal}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let m = agent
+        .wait_for_metrics(
+            |m| rejected(m, "traces") >= 3.0 && rejected(m, "metrics") >= 1.0,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}; logs:\n{}", agent.logs()));
+    for signal in ["traces", "metrics"] {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("vantage_telemetry_export_failures_total{{signal=\"{signal}\"}}")
+            ),
+            Some(0.0),
+            "a refusal is not a failed export"
+        );
+    }
+    assert!(rx.spans().is_empty() && rx.metrics().is_empty());
+    let logs = agent.logs();
+    assert!(
+        logs.contains("the collector refused spans")
+            && logs.contains("the collector refused data points")
+            && logs.contains("over the test collector's limits"),
+        "{logs}"
+    );
+
+    // The collector takes data again: new spans and points arrive, and the
+    // refused ones are not among them (no retry), so once both have
+    // arrived the agent's counts equal what the collector refused.
+    rx.set_refusing(None);
+    rx.wait_for_span("journey alpha", Duration::from_secs(15))
+        .await
+        .unwrap();
+    rx.wait_for_metric("vantage.journey.duration", Duration::from_secs(15))
+        .await
+        .unwrap();
+    let (spans, points) = rx.refused();
+    let m = agent.metrics().await.unwrap();
+    assert_eq!(rejected(&m, "traces"), spans as f64);
+    assert_eq!(rejected(&m, "metrics"), points as f64);
+    let warnings = agent.logs().matches("the collector refused").count();
+    assert_eq!(warnings, 2, "one warning per signal a minute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_refused_items_are_counted_and_not_sent_again() {
+    refused_items_are_counted_and_not_sent_again("grpc", Receiver::grpc().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_refused_items_are_counted_and_not_sent_again() {
+    refused_items_are_counted_and_not_sent_again("http/protobuf", Receiver::http().await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_outage_is_survived_and_export_resumes() {
     let echo = start_echo().await;

@@ -24,6 +24,9 @@ pub const DB_CLIENT_DURATION: &str = "db.client.operation.duration";
 pub const SCHEDULE_LATENESS: &str = "vantage.schedule.lateness";
 pub const SCHEDULE_SKIPPED: &str = "vantage.schedule.skipped";
 pub const TELEMETRY_DROPPED: &str = "vantage.telemetry.dropped";
+pub const TELEMETRY_REJECTED: &str = "vantage.telemetry.rejected";
+/// The signal (`traces`, `metrics`) of a telemetry counter.
+pub const ATTR_SIGNAL: &str = "vantage.telemetry.signal";
 
 // Attributes Vantage owns.
 pub const ATTR_JOURNEY: &str = "vantage.journey";

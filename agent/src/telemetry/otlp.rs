@@ -30,7 +30,7 @@ use super::names;
 use super::otlp_metrics::MetricExport;
 use super::spans;
 use super::store::{MetricStore, lock};
-use super::transport::{Signal, Transport};
+use super::transport::{Signal, Transport, note_refused};
 use crate::report::JourneyReport;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,11 +436,13 @@ async fn span_worker(
     let mut backoff = Duration::from_secs(1);
     let mut retry_at = Instant::now();
     let log = RateLimitedLog::new();
+    let refused_log = RateLimitedLog::new();
     let mut failing = false;
     while let Some((body, spans, closed)) = queue.next_batch(retry_at, &header).await {
         // `Bytes` is shared, not copied: the same request is kept for a retry.
         match transport.send(body.clone()).await {
-            Ok(()) => {
+            Ok(refused) => {
+                note_refused(refused, Signal::Traces, &store, &refused_log);
                 if failing {
                     info!("span export recovered");
                 }

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use super::names;
 use super::otlp::{OtlpConfig, RateLimitedLog};
 use super::store::{Hist, HistKey, JourneySeries, MetricStore, lock};
-use super::transport::{Signal, Transport, millis};
+use super::transport::{Refused, Signal, Transport, millis, note_refused};
 
 /// Data points per export request.
 pub const POINTS_PER_REQUEST: usize = 4000;
@@ -64,6 +64,7 @@ impl MetricExport {
             scope: super::otlp::pb_scope(),
             store,
             log: RateLimitedLog::new(),
+            refused_log: RateLimitedLog::new(),
             failing: false,
         };
         let stop = CancellationToken::new();
@@ -106,6 +107,7 @@ struct Exporter {
     scope: InstrumentationScope,
     store: Arc<MetricStore>,
     log: RateLimitedLog,
+    refused_log: RateLimitedLog,
     failing: bool,
 }
 
@@ -126,15 +128,20 @@ impl Exporter {
                 at,
             );
             done += used;
-            if let Some(req) = req
-                && let Err(e) = self.send(req).await
-            {
-                self.store.export_failed("metrics");
-                if self.log.allow() {
-                    warn!(error = %e, "metric export failed; the next export carries the cumulative totals");
+            if let Some(req) = req {
+                match self.send(req).await {
+                    Ok(refused) => {
+                        note_refused(refused, Signal::Metrics, &self.store, &self.refused_log)
+                    }
+                    Err(e) => {
+                        self.store.export_failed("metrics");
+                        if self.log.allow() {
+                            warn!(error = %e, "metric export failed; the next export carries the cumulative totals");
+                        }
+                        failed = true;
+                        break;
+                    }
                 }
-                failed = true;
-                break;
             }
             if done >= journeys.len() {
                 break;
@@ -146,7 +153,7 @@ impl Exporter {
         self.failing = failed;
     }
 
-    async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
+    async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<Refused, String> {
         self.transport.send(Bytes::from(req.encode_to_vec())).await
     }
 }
@@ -368,6 +375,22 @@ pub fn build_request(
             "{span}",
             "Spans dropped because the export queue was full",
             vec![(Vec::new(), t.dropped_traces)],
+        ));
+    }
+    let rejected: Vec<_> = [
+        ("traces", t.rejected_traces),
+        ("metrics", t.rejected_metrics),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(signal, n)| (vec![s(names::ATTR_SIGNAL, signal)], n))
+    .collect();
+    if !rejected.is_empty() {
+        extra.push(counter(
+            names::TELEMETRY_REJECTED,
+            "{item}",
+            "Spans and data points the collector refused in exports it accepted",
+            rejected,
         ));
     }
     (request(&mut points, extra), used)

@@ -449,6 +449,27 @@ pub fn encode_chunks(store: &MetricStore, size: usize, sink: &mut dyn FnMut(Stri
     );
     header(
         out,
+        "vantage_telemetry_rejected",
+        "counter",
+        "Telemetry items the collector refused in exports it accepted (OTLP partial success); they are not sent again",
+        None,
+    );
+    for (signal, n) in [
+        ("traces", t.rejected_traces),
+        ("metrics", t.rejected_metrics),
+    ] {
+        sample(
+            out,
+            "vantage_telemetry_rejected",
+            "_total",
+            &[("signal", signal)],
+            |o| {
+                let _ = write!(o, "{n}");
+            },
+        );
+    }
+    header(
+        out,
         "vantage_telemetry_export_failures",
         "counter",
         "Failed OTLP export attempts",

@@ -308,6 +308,8 @@ pub struct Totals {
     pub lateness: Hist,
     pub skipped: BTreeMap<Arc<str>, u64>,
     pub dropped_traces: u64,
+    pub rejected_traces: u64,
+    pub rejected_metrics: u64,
     pub failures_traces: u64,
     pub failures_metrics: u64,
     pub journeys: i64,
@@ -319,6 +321,8 @@ pub struct MetricStore {
     lateness: Mutex<Hist>,
     skipped: Mutex<BTreeMap<Arc<str>, u64>>,
     dropped_traces: AtomicU64,
+    rejected_traces: AtomicU64,
+    rejected_metrics: AtomicU64,
     failures_traces: AtomicU64,
     failures_metrics: AtomicU64,
     journey_count: AtomicI64,
@@ -339,6 +343,8 @@ impl MetricStore {
             lateness: Mutex::new(Hist::new(names::LATENESS_BUCKETS, started)),
             skipped: Mutex::new(BTreeMap::new()),
             dropped_traces: AtomicU64::new(0),
+            rejected_traces: AtomicU64::new(0),
+            rejected_metrics: AtomicU64::new(0),
             failures_traces: AtomicU64::new(0),
             failures_metrics: AtomicU64::new(0),
             journey_count: AtomicI64::new(0),
@@ -567,6 +573,17 @@ impl MetricStore {
         self.dropped_traces.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts items of `signal` (`traces` or `metrics`) that the collector
+    /// refused in an export it accepted.
+    pub fn rejected(&self, signal: &str, n: u64) {
+        let c = if signal == "metrics" {
+            &self.rejected_metrics
+        } else {
+            &self.rejected_traces
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts a failed export attempt of `signal` (`traces` or `metrics`).
     pub fn export_failed(&self, signal: &str) {
         let c = if signal == "metrics" {
@@ -600,6 +617,8 @@ impl MetricStore {
             lateness: lock(&self.lateness).clone(),
             skipped: lock(&self.skipped).clone(),
             dropped_traces: self.dropped_traces.load(Ordering::Relaxed),
+            rejected_traces: self.rejected_traces.load(Ordering::Relaxed),
+            rejected_metrics: self.rejected_metrics.load(Ordering::Relaxed),
             failures_traces: self.failures_traces.load(Ordering::Relaxed),
             failures_metrics: self.failures_metrics.load(Ordering::Relaxed),
             journeys: self.journey_count.load(Ordering::Relaxed),

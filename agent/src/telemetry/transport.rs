@@ -7,6 +7,13 @@
 //! timeout come from the standard `OTEL_EXPORTER_OTLP_*` variables, the
 //! signal's own (`..._TRACES_...`, `..._METRICS_...`) winning over the
 //! general ones, and `--otlp-endpoint` over both.
+//!
+//! A collector that accepts a request may still refuse part of it (the
+//! response's `partial_success`, for instance spans over its size limits).
+//! [`Transport::send`] returns what was refused; [`note_refused`] counts it
+//! in `vantage_telemetry_rejected_total` and logs the collector's reason.
+//! Refused items are not sent again: the protocol says a retry would be
+//! refused the same way.
 
 use std::time::Duration;
 
@@ -15,10 +22,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::DecodeError;
 use prost::encoding::{DecodeContext, WireType};
+use tracing::warn;
 
-use super::otlp::{OtlpConfig, Protocol};
+use super::otlp::{OtlpConfig, Protocol, RateLimitedLog};
+use super::store::MetricStore;
 
 /// The two signals Vantage exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +63,108 @@ impl Signal {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The `signal` label of the agent's own telemetry counters.
+    pub fn name(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Metrics => "metrics",
+        }
+    }
+
+    /// What the signal's items are called in a log line.
+    fn items(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "data points",
+        }
+    }
+}
+
+/// What the collector refused of a request it accepted (OTLP
+/// `partial_success`). Both empty for a full success.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// Spans or data points refused.
+    pub items: u64,
+    /// The collector's reason, or a warning it sent with a full success.
+    pub message: String,
+}
+
+/// An export response that may carry a `partial_success`.
+trait Reply: prost::Message + Default + Send + 'static {
+    fn refused(self) -> Refused;
+}
+
+impl Reply for ExportTraceServiceResponse {
+    fn refused(self) -> Refused {
+        self.partial_success
+            .map(|p| Refused {
+                items: p.rejected_spans.max(0) as u64,
+                message: p.error_message,
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Reply for ExportMetricsServiceResponse {
+    fn refused(self) -> Refused {
+        self.partial_success
+            .map(|p| Refused {
+                items: p.rejected_data_points.max(0) as u64,
+                message: p.error_message,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reads an OTLP/HTTP response body. One that is not the protobuf
+/// response (an empty body, a proxy's page) counts as a full success: the
+/// status line already said the request was accepted.
+fn decode_reply<R: Reply>(body: &[u8]) -> Refused {
+    R::decode(body).map(R::refused).unwrap_or_default()
+}
+
+fn refused_from(signal: Signal, body: &[u8]) -> Refused {
+    match signal {
+        Signal::Traces => decode_reply::<ExportTraceServiceResponse>(body),
+        Signal::Metrics => decode_reply::<ExportMetricsServiceResponse>(body),
+    }
+}
+
+/// Counts what a collector refused in `vantage_telemetry_rejected_total`
+/// and logs its reason (at most once a minute per `log`). A message with
+/// nothing refused is the collector's warning, logged the same way.
+pub(crate) fn note_refused(
+    refused: Refused,
+    signal: Signal,
+    store: &MetricStore,
+    log: &RateLimitedLog,
+) {
+    if refused.items == 0 && refused.message.is_empty() {
+        return;
+    }
+    if refused.items > 0 {
+        store.rejected(signal.name(), refused.items);
+    }
+    if log.allow() {
+        let reason = if refused.message.is_empty() {
+            "no reason given"
+        } else {
+            refused.message.as_str()
+        };
+        if refused.items > 0 {
+            warn!(
+                refused = refused.items,
+                reason,
+                "the collector refused {} of an export; they are not sent again (counted in vantage_telemetry_rejected_total)",
+                signal.items()
+            );
+        } else {
+            warn!(
+                reason,
+                "the collector accepted a {} export with a warning",
+                signal.name()
+            );
         }
     }
 }
@@ -108,8 +217,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// An export request that is already protobuf: tonic's prost codec writes
-/// it as it is. As a response it reads nothing (the collector's
-/// `partial_success` is not acted on).
+/// it as it is. (Decoding, which the codec's type needs, skips everything.)
 #[derive(Clone, Debug, Default)]
 struct Encoded(Bytes);
 
@@ -212,8 +320,10 @@ impl Transport {
         })
     }
 
-    /// Sends one encoded export request; an error says why, for a log line.
-    pub async fn send(&mut self, body: Bytes) -> Result<(), String> {
+    /// Sends one encoded export request. `Ok` is what the collector refused
+    /// of it, if anything; an error says why the request failed, for a log
+    /// line.
+    pub async fn send(&mut self, body: Bytes) -> Result<Refused, String> {
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.send_inner(body)).await {
             Ok(r) => r,
@@ -221,7 +331,7 @@ impl Transport {
         }
     }
 
-    async fn send_inner(&mut self, body: Bytes) -> Result<(), String> {
+    async fn send_inner(&mut self, body: Bytes) -> Result<Refused, String> {
         match &mut self.kind {
             Kind::Grpc(grpc) => {
                 let mut r = tonic::Request::new(Encoded(body));
@@ -237,10 +347,10 @@ impl Transport {
                     .await
                     .map_err(|e| format!("collector not reachable: {e}"))?;
                 let path = http::uri::PathAndQuery::from_static(self.signal.grpc_path());
-                grpc.unary::<Encoded, Encoded, _>(r, path, tonic_prost::ProstCodec::default())
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
+                match self.signal {
+                    Signal::Traces => unary::<ExportTraceServiceResponse>(grpc, r, path).await,
+                    Signal::Metrics => unary::<ExportMetricsServiceResponse>(grpc, r, path).await,
+                }
             }
             Kind::Http { client, url } => {
                 let mut b = http::Request::post(url.clone())
@@ -254,16 +364,37 @@ impl Transport {
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
                 let status = response.status();
-                // Drain the body so the connection can be reused.
-                let _ = response.into_body().collect().await;
+                // Read the whole body: it says what was refused, and the
+                // connection can then be reused.
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 if status.is_success() {
-                    Ok(())
+                    Ok(refused_from(self.signal, &body))
                 } else {
                     Err(format!("{url}: HTTP {status}"))
                 }
             }
         }
     }
+}
+
+async fn unary<R: Reply>(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    request: tonic::Request<Encoded>,
+    path: http::uri::PathAndQuery,
+) -> Result<Refused, String> {
+    grpc.unary(
+        request,
+        path,
+        tonic_prost::ProstCodec::<Encoded, R>::default(),
+    )
+    .await
+    .map(|r| r.into_inner().refused())
+    .map_err(|s| format!("{}: {}", s.code(), s.message()))
 }
 
 #[cfg(test)]
@@ -283,8 +414,74 @@ mod tests {
         let e = Encoded(Bytes::from_static(&[0x0a, 0x02, 0x08, 0x01]));
         assert_eq!(e.encoded_len(), 4);
         assert_eq!(e.encode_to_vec(), vec![0x0a, 0x02, 0x08, 0x01]);
-        // As a response it skips whatever the collector sent.
-        let back = Encoded::decode(&[0x0a, 0x02, 0x08, 0x01][..]).expect("skips fields");
-        assert!(back.0.is_empty());
+    }
+
+    #[test]
+    fn a_partial_success_says_what_was_refused_and_why() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        use prost::Message as _;
+        let traces = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 7,
+                error_message: "span too large".into(),
+            }),
+        };
+        assert_eq!(
+            refused_from(Signal::Traces, &traces.encode_to_vec()),
+            Refused {
+                items: 7,
+                message: "span too large".into()
+            }
+        );
+        let metrics = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 3,
+                error_message: String::new(),
+            }),
+        };
+        assert_eq!(
+            refused_from(Signal::Metrics, &metrics.encode_to_vec()),
+            Refused {
+                items: 3,
+                message: String::new()
+            }
+        );
+        // A full success, an empty body and a body that is not protobuf
+        // refuse nothing.
+        let full = ExportTraceServiceResponse::default().encode_to_vec();
+        assert_eq!(refused_from(Signal::Traces, &full), Refused::default());
+        assert_eq!(refused_from(Signal::Traces, b""), Refused::default());
+        assert_eq!(
+            refused_from(Signal::Metrics, b"<html>ok</html>"),
+            Refused::default()
+        );
+    }
+
+    #[test]
+    fn refused_items_are_counted_per_signal() {
+        let store = MetricStore::new();
+        let log = RateLimitedLog::new();
+        note_refused(
+            Refused {
+                items: 5,
+                message: "too big".into(),
+            },
+            Signal::Traces,
+            &store,
+            &log,
+        );
+        note_refused(
+            Refused {
+                items: 2,
+                message: String::new(),
+            },
+            Signal::Metrics,
+            &store,
+            &log,
+        );
+        note_refused(Refused::default(), Signal::Metrics, &store, &log);
+        let t = store.totals();
+        assert_eq!((t.rejected_traces, t.rejected_metrics), (5, 2));
     }
 }
