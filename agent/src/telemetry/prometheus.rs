@@ -447,48 +447,24 @@ pub fn encode_chunks(store: &MetricStore, size: usize, sink: &mut dyn FnMut(Stri
             let _ = write!(o, "{}", t.dropped_traces);
         },
     );
-    header(
+    signal_counter(
         out,
         "vantage_telemetry_rejected",
-        "counter",
         "Telemetry items the collector refused in exports it accepted (OTLP partial success); they are not sent again",
-        None,
+        [
+            ("traces", t.rejected_traces),
+            ("metrics", t.rejected_metrics),
+        ],
     );
-    for (signal, n) in [
-        ("traces", t.rejected_traces),
-        ("metrics", t.rejected_metrics),
-    ] {
-        sample(
-            out,
-            "vantage_telemetry_rejected",
-            "_total",
-            &[("signal", signal)],
-            |o| {
-                let _ = write!(o, "{n}");
-            },
-        );
-    }
-    header(
+    signal_counter(
         out,
         "vantage_telemetry_export_failures",
-        "counter",
         "Failed OTLP export attempts",
-        None,
+        [
+            ("traces", t.failures_traces),
+            ("metrics", t.failures_metrics),
+        ],
     );
-    for (signal, n) in [
-        ("traces", t.failures_traces),
-        ("metrics", t.failures_metrics),
-    ] {
-        sample(
-            out,
-            "vantage_telemetry_export_failures",
-            "_total",
-            &[("signal", signal)],
-            |o| {
-                let _ = write!(o, "{n}");
-            },
-        );
-    }
     header(
         out,
         "vantage_journeys",
@@ -559,6 +535,16 @@ pub fn openmetrics_to_text(om: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A counter with one `_total` sample per telemetry signal.
+fn signal_counter(out: &mut String, name: &str, help: &str, values: [(&str, u64); 2]) {
+    header(out, name, "counter", help, None);
+    for (signal, n) in values {
+        sample(out, name, "_total", &[("signal", signal)], |o| {
+            let _ = write!(o, "{n}");
+        });
+    }
 }
 
 #[cfg(test)]
