@@ -328,6 +328,11 @@ pub struct MetricStore {
     journey_count: AtomicI64,
 }
 
+/// The counter of `signal` (`traces` or `metrics`) among a per-signal pair.
+fn by_signal<'a>(signal: &str, traces: &'a AtomicU64, metrics: &'a AtomicU64) -> &'a AtomicU64 {
+    if signal == "metrics" { metrics } else { traces }
+}
+
 impl Default for MetricStore {
     fn default() -> Self {
         Self::new()
@@ -576,22 +581,14 @@ impl MetricStore {
     /// Counts items of `signal` (`traces` or `metrics`) that the collector
     /// refused in an export it accepted.
     pub fn rejected(&self, signal: &str, n: u64) {
-        let c = if signal == "metrics" {
-            &self.rejected_metrics
-        } else {
-            &self.rejected_traces
-        };
-        c.fetch_add(n, Ordering::Relaxed);
+        by_signal(signal, &self.rejected_traces, &self.rejected_metrics)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a failed export attempt of `signal` (`traces` or `metrics`).
     pub fn export_failed(&self, signal: &str) {
-        let c = if signal == "metrics" {
-            &self.failures_metrics
-        } else {
-            &self.failures_traces
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        by_signal(signal, &self.failures_traces, &self.failures_metrics)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_journeys(&self, n: usize) {
