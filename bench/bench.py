@@ -280,6 +280,30 @@ def parse_prom(text: str) -> list[tuple[str, dict, float]]:
     return out
 
 
+# Where a Vantage run's reported duration goes, beyond the target's own time (the delay
+# plus its lateness): the parts add up to the run's own error (figure 5).
+PHASE_PARTS = ("before_call", "connect", "before_send", "processing", "transfer", "after_call")
+
+
+def error_parts(report: dict, inside_target: float) -> dict[str, float]:
+    """A passed one-call run's own error split into PHASE_PARTS, in milliseconds:
+    run start to call start, connect, the call's time before its request is built and
+    sent, processing beyond the target's own time, transfer, and call end to run end."""
+    call = report["steps"][0]["calls"][0]
+    ph = {k: (v or 0.0) for k, v in call["phases"].items() if k in ("resolve", "connect", "tls",
+                                                                    "processing", "transfer")}
+    before = call["started_at"] - report["started_at"]
+    connect = ph["resolve"] + ph["connect"] + ph["tls"]
+    return {k: v * 1e3 for k, v in {
+        "before_call": before,
+        "connect": connect,
+        "before_send": call["duration"] - connect - ph["processing"] - ph["transfer"],
+        "processing": ph["processing"] - inside_target,
+        "transfer": ph["transfer"],
+        "after_call": report["duration"] - before - call["duration"],
+    }.items()}
+
+
 def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -1053,6 +1077,7 @@ class Harness:
                 say(f"figure 5: {count} probes each against a {ms} ms target, {conc} at a time, "
                     f"in {rounds} alternating rounds")
                 v_err, v_own, v_call, b_err, b_own, late_all = [], [], [], [], [], []
+                parts: dict[str, list[float]] = {k: [] for k in PHASE_PARTS}
                 v_failed = b_failed = 0
                 per_round = max(1, count // rounds)
                 cpu0 = proc_stat()
@@ -1083,6 +1108,8 @@ class Harness:
                         v_err.append((x - delay) * 1e3)
                         if i in late:
                             v_own.append((x - delay - late[i]) * 1e3)
+                            for k, v in error_parts(r, delay + late[i]).items():
+                                parts[k].append(v)
                         v_call.append((r["steps"][0]["calls"][0]["duration"] - delay) * 1e3)
                     # blackbox_exporter: the same number of scrapes, the same concurrency.
                     if self.blackbox:
@@ -1104,7 +1131,9 @@ class Harness:
                 r = {"vantage_err_ms": v_err, "vantage_own_err_ms": v_own, "vantage_call_err_ms": v_call,
                      "vantage_failed": v_failed, "blackbox_err_ms": b_err, "blackbox_own_err_ms": b_own,
                      "blackbox_failed": b_failed, "target_late_ms_p50": percentile(tl, 0.5),
-                     "target_late_ms_p99": percentile(tl, 0.99), "machine": machine}
+                     "target_late_ms_p99": percentile(tl, 0.99), "machine": machine,
+                     "vantage_own_err_parts_ms": {k: {f"p{q}": percentile(v, q / 100) for q in (50, 90, 99)}
+                                                  for k, v in parts.items() if v}}
                 self.raw[f"fig5-{ms}"] = r
                 v99, b99 = p99(v_err), p99(b_err)
                 med = lambda xs: f"{percentile(xs, 0.5):+.3f} ms" if xs else "n/a"  # noqa: E731
@@ -1112,6 +1141,10 @@ class Harness:
                     f"lateness {fmt(p99(v_own))}; blackbox: median {med(b_err)}, p99 |err| {fmt(b99)}, "
                     f"without the target's lateness {fmt(p99(b_own))}; target late p99 "
                     f"{r['target_late_ms_p99']:.3f} ms; machine {machine}")
+                if r["vantage_own_err_parts_ms"]:
+                    say("  Vantage's own error by part, p50/p90/p99 ms: " + ", ".join(
+                        f"{k} {v['p50']:.3f}/{v['p90']:.3f}/{v['p99']:.3f}"
+                        for k, v in r["vantage_own_err_parts_ms"].items()))
                 self.notes.append(
                     f"fig 5 ({ms} ms): median error Vantage {med(v_err)}, blackbox {med(b_err)}; p99 "
                     f"once each probe's own target lateness is taken out: Vantage {fmt(p99(v_own))}, "
