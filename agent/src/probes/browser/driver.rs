@@ -235,7 +235,10 @@ impl Driver {
         let caps: serde_json::Map<String, Value> = json!({
             "browserName": "chrome",
             "goog:chromeOptions": chrome,
-            "goog:loggingPrefs": { "browser": "ALL", "performance": "ALL" },
+            // Network events only: console errors come from the page's own
+            // instrument (instrument.js), so chromedriver need not keep a
+            // browser log nobody reads.
+            "goog:loggingPrefs": { "performance": "ALL" },
             "pageLoadStrategy": "normal",
             "timeouts": { "pageLoad": 60_000, "script": 30_000, "implicit": 0 },
         })
