@@ -203,9 +203,10 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The resident set of a long-running agent, with 10,000 journeys, is
-/// about 75 MiB with the allocator's defaults and about 45 MiB with these
-/// two settings (`bench/RESULTS.md`, figure 3), at no CPU cost that the
-/// benchmarks can see:
+/// about 75 MiB with the allocator's defaults and about 42 MiB with these
+/// two settings (`bench/RESULTS.md`, figure 3). The purge delay costs about
+/// 5 % of the CPU per probe against a 25 ms delay (pages faulted in again),
+/// which would put the resident set over 50 MiB (figure 1 there):
 ///
 /// - No transparent huge pages: mimalloc advises them for its arena, and a
 ///   few live objects then keep whole 2 MiB pages resident. The flag is the
