@@ -32,7 +32,7 @@ use crate::config::ConfigError;
 use crate::journey::build::{BuildOptions, load_and_build};
 use crate::journey::runner::RunEnv;
 use crate::probes::ProbeEnv;
-use crate::scheduler::{JourneySet, Scheduler, Shard, partition};
+use crate::scheduler::{JourneySet, Scheduler, Shard, lanes_for, partition};
 use crate::server::{ServerState, router};
 use crate::telemetry::{OtlpConfig, Telemetry};
 
@@ -149,6 +149,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         concurrency: Arc::new(Semaphore::new(opts.concurrency.max(1))),
         tracker: TaskTracker::new(),
         cancel_runs: CancellationToken::new(),
+        running: Default::default(),
     });
     let lanes = opts.lanes.max(1);
     info!(
@@ -158,6 +159,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         otlp = telemetry.otlp_enabled(),
         shard = ?opts.shard.map(|s| format!("{}/{}", s.index, s.count)),
         workers = lanes,
+        lanes_in_use = lanes_for(&initial, lanes),
         "vantage agent started"
     );
     telemetry.metrics.set_journeys(initial.len());
@@ -198,7 +200,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     schedulers.close();
     ready.store(true, Ordering::Release);
 
-    wait_and_reload(&opts, &senders, &telemetry).await;
+    wait_and_reload(&opts, &senders, &scheduler).await;
 
     // Shutdown: not ready, no new runs, in-flight runs get the grace period.
     ready.store(false, Ordering::Release);
@@ -261,8 +263,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 async fn wait_and_reload(
     opts: &AgentOptions,
     lanes: &[watch::Sender<JourneySet>],
-    telemetry: &Telemetry,
+    scheduler: &Scheduler,
 ) {
+    let telemetry = &scheduler.telemetry;
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -292,11 +295,17 @@ async fn wait_and_reload(
         let result = tokio::task::spawn_blocking(move || load(&paths, &vars, shard)).await;
         match result {
             Ok(Ok(set)) => {
-                info!(reason, journeys = set.len(), "configuration reloaded");
+                info!(
+                    reason,
+                    journeys = set.len(),
+                    lanes_in_use = lanes_for(&set, lanes.len()),
+                    "configuration reloaded"
+                );
                 telemetry.metrics.set_journeys(set.len());
                 for (tx, part) in lanes.iter().zip(partition(&set, lanes.len())) {
                     let _ = tx.send(part);
                 }
+                scheduler.retain(&set);
             }
             Ok(Err(errors)) => {
                 for e in &errors {

@@ -132,8 +132,9 @@ struct RunArgs {
     #[arg(long, env = "VANTAGE_SHARD")]
     shard: Option<Shard>,
     /// Threads that run journeys, each its own share of them (by a hash of
-    /// the name); default: one per CPU. The HTTP server, reloads and the
-    /// exporters run on a thread of their own.
+    /// the name); default: one per CPU. The journeys use one per 8,000 runs
+    /// a second, up to this many. The HTTP server, reloads and the exporters
+    /// run on a thread of their own.
     #[arg(long, env = "VANTAGE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// How long in-flight runs may finish after SIGTERM before they are cancelled.

@@ -19,7 +19,7 @@
 //! measured and exported; it is never counted in a run's duration.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,16 +83,47 @@ impl Shard {
     }
 }
 
+/// The runs a second one lane is given before the next lane is used.
+///
+/// A lane is cheapest when it has the most work per wake-up: at 1,000 runs
+/// a second one lane spent a fifth less CPU per probe than two, and at
+/// 5,000 a tenth less, and one lane alone ran 13,900 probes a second on
+/// one core (`bench/RESULTS.md`, figure 1). More lanes are for rates one
+/// core cannot keep.
+pub const RUNS_PER_LANE: f64 = 8_000.0;
+
+/// Scheduled runs a second: interval journeys at their rate, cron ones at
+/// one a minute (an estimate; it only decides how many lanes to use).
+pub fn run_rate(set: &[Arc<Journey>]) -> f64 {
+    set.iter()
+        .map(|j| match &j.schedule {
+            Schedule::Every(iv) => 1.0 / iv.as_secs_f64().max(1e-3),
+            Schedule::Cron(_) => 1.0 / 60.0,
+        })
+        .sum()
+}
+
+/// How many of `max` lanes a set uses: one per [`RUNS_PER_LANE`] runs a
+/// second, at least one.
+pub fn lanes_for(set: &[Arc<Journey>], max: usize) -> usize {
+    let wanted = (run_rate(set) / RUNS_PER_LANE).ceil() as usize;
+    wanted.clamp(1, max.max(1))
+}
+
 /// Splits a journey set between `lanes` threads that each schedule and run
-/// their own part (`app.rs`), by a hash of the name: a journey stays on
-/// its lane across reloads, so its phase and its running flag stay with
-/// it. The hash is rotated so that the lanes stay even within one shard,
-/// which jump hashing chose from the same hash.
+/// their own part (`app.rs`), by a hash of the name: the first
+/// [`lanes_for`] of them get journeys, the others an empty part. While the
+/// number of lanes in use stays the same, a journey stays on its lane
+/// across reloads, so its phase stays with it; a journey that moves keeps
+/// its running flag ([`Scheduler::running`]). The hash is rotated so that
+/// the lanes stay even within one shard, which jump hashing chose from the
+/// same hash.
 pub fn partition(set: &[Arc<Journey>], lanes: usize) -> Vec<JourneySet> {
     let lanes = lanes.max(1);
+    let used = lanes_for(set, lanes);
     let mut parts: Vec<Vec<Arc<Journey>>> = vec![Vec::new(); lanes];
     for j in set {
-        parts[lane_of(&j.name, lanes)].push(j.clone());
+        parts[lane_of(&j.name, used)].push(j.clone());
     }
     parts
         .into_iter()
@@ -134,13 +165,7 @@ pub const RUNS_PER_SLOT: f64 = 8.0;
 /// The slot width for a lane's journeys: [`RUNS_PER_SLOT`] of their runs
 /// at their combined rate, at most [`MAX_SLOT`].
 pub fn slot_for(set: &[Arc<Journey>]) -> Duration {
-    let rate: f64 = set
-        .iter()
-        .map(|j| match &j.schedule {
-            Schedule::Every(iv) => 1.0 / iv.as_secs_f64().max(1e-3),
-            Schedule::Cron(_) => 0.0,
-        })
-        .sum();
+    let rate = run_rate(set);
     if rate * MAX_SLOT.as_secs_f64() <= RUNS_PER_SLOT {
         MAX_SLOT
     } else {
@@ -214,10 +239,46 @@ struct Entry {
     running: Arc<AtomicBool>,
 }
 
+/// Due times (Unix nanoseconds) in a min-heap, with a count per distinct
+/// time, so the next two wake-ups are known without popping.
+#[derive(Default)]
+struct DueHeap {
+    heap: BinaryHeap<Reverse<(u128, Arc<str>)>>,
+    times: BTreeMap<u128, u32>,
+}
+
+impl DueHeap {
+    fn push(&mut self, due: u128, name: Arc<str>) {
+        self.heap.push(Reverse((due, name)));
+        *self.times.entry(due).or_default() += 1;
+    }
+
+    /// The earliest entry, if it is due at `now`.
+    fn pop_due(&mut self, now: u128) -> Option<(u128, Arc<str>)> {
+        if self.heap.peek().is_none_or(|Reverse((due, _))| *due > now) {
+            return None;
+        }
+        let Reverse((due, name)) = self.heap.pop()?;
+        if let std::collections::btree_map::Entry::Occupied(mut n) = self.times.entry(due) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        Some((due, name))
+    }
+
+    /// The earliest due time and the one after it.
+    fn next_two(&self) -> (Option<u128>, Option<u128>) {
+        let mut times = self.times.keys().copied();
+        (times.next(), times.next())
+    }
+}
+
 /// What one lane's scheduler keeps between wake-ups.
 struct Plan {
     entries: HashMap<Arc<str>, Entry>,
-    heap: BinaryHeap<Reverse<(u128, Arc<str>)>>,
+    heap: DueHeap,
     slot: Duration,
 }
 
@@ -229,29 +290,78 @@ pub struct Scheduler {
     pub tracker: TaskTracker,
     /// Cancels runs still going after the shutdown grace period.
     pub cancel_runs: CancellationToken,
+    /// Each journey's "a run is going" flag, shared by the lanes so that a
+    /// journey moved to another lane by a reload cannot overlap the run
+    /// still going on its old one. Read and written only when a lane
+    /// applies a new set; [`Scheduler::retain`] drops removed journeys.
+    pub running: std::sync::Mutex<HashMap<Arc<str>, Arc<AtomicBool>>>,
 }
 
 impl Scheduler {
+    /// The shared running flag of a journey, made on first use.
+    fn running_flag(&self, name: &Arc<str>) -> Arc<AtomicBool> {
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.clone()).or_default().clone()
+    }
+
+    /// Forgets the journeys no longer in `set` (a reload removed them):
+    /// their running flags and their metric series.
+    pub fn retain(&self, set: &[Arc<Journey>]) {
+        let keep: std::collections::HashSet<&str> = set.iter().map(|j| &*j.name).collect();
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|name, _| {
+            let kept = keep.contains(&**name);
+            if !kept {
+                self.telemetry.metrics.forget(name);
+                info!(journey = %name, "journey removed");
+            }
+            kept
+        });
+    }
+
     /// Schedules until `stop` fires. New journey sets arrive on `journeys`.
     pub async fn run(&self, mut journeys: watch::Receiver<JourneySet>, stop: CancellationToken) {
         let mut plan = Plan {
             entries: HashMap::new(),
-            heap: BinaryHeap::new(),
+            heap: DueHeap::default(),
             slot: MAX_SLOT,
         };
         let set = journeys.borrow_and_update().clone();
         self.apply(&set, &mut plan);
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut wake = std::pin::pin!(tokio::time::sleep_until(far()));
+        // Armed at the wake-up after `wake`, never awaited. tokio's timer
+        // wakes its own event loop whenever a timer is added earlier than
+        // the wake-up it last planned, and after a tick it plans the next
+        // timer still registered: with this one there, the runs' deadlines
+        // and the next `wake` are later than the plan and cost nothing,
+        // where each cost a write to the lane's eventfd.
+        let mut ahead = std::pin::pin!(tokio::time::sleep_until(far()));
         loop {
-            let sleep = match plan.heap.peek() {
-                Some(Reverse((due, _))) => {
-                    let now = SystemTime::now();
-                    let wait = from_unix_nanos(*due)
-                        .duration_since(now)
-                        .unwrap_or(Duration::ZERO);
-                    tokio::time::Instant::now() + wait
+            let (first, second) = plan.heap.next_two();
+            let (now, wall) = (tokio::time::Instant::now(), SystemTime::now());
+            let at = |due: Option<u128>| match due {
+                Some(due) => {
+                    now + from_unix_nanos(due)
+                        .duration_since(wall)
+                        .unwrap_or(Duration::ZERO)
                 }
-                None => tokio::time::Instant::now() + Duration::from_secs(3600),
+                None => now + Duration::from_secs(3600),
             };
+            // Reset only on a real change: the two clocks read afresh move a
+            // deadline by nanoseconds, and a reset to an earlier time wakes
+            // the event loop.
+            let moved = |t: tokio::time::Instant, d: tokio::time::Instant| {
+                t.max(d) - t.min(d) >= Duration::from_millis(1)
+            };
+            let t = at(first);
+            if wake.is_elapsed() || moved(t, wake.deadline()) {
+                wake.as_mut().reset(t);
+            }
+            let t = at(second);
+            if ahead.is_elapsed() || moved(t, ahead.deadline()) {
+                ahead.as_mut().reset(t);
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = journeys.changed() => {
@@ -259,7 +369,7 @@ impl Scheduler {
                     let set = journeys.borrow_and_update().clone();
                     self.apply(&set, &mut plan);
                 }
-                _ = tokio::time::sleep_until(sleep) => {
+                _ = &mut wake => {
                     self.fire_due(&mut plan);
                 }
             }
@@ -267,7 +377,7 @@ impl Scheduler {
         debug!("scheduler stopped");
     }
 
-    fn apply(&self, set: &JourneySet, plan: &mut Plan) {
+    fn apply(&self, set: &[Arc<Journey>], plan: &mut Plan) {
         let now = SystemTime::now();
         plan.slot = slot_for(set);
         let Plan {
@@ -287,20 +397,18 @@ impl Scheduler {
                 },
                 old => {
                     let due = next_due(&j.name, &j.schedule, now, *slot);
-                    heap.push(Reverse((unix_nanos(due), j.name.clone())));
+                    heap.push(unix_nanos(due), j.name.clone());
                     Entry {
                         journey: j.clone(),
                         due,
-                        running: old.map(|o| o.running).unwrap_or_default(),
+                        running: old.map_or_else(|| self.running_flag(&j.name), |o| o.running),
                     }
                 }
             };
             next.insert(j.name.clone(), entry);
         }
-        for gone in entries.keys() {
-            self.telemetry.metrics.forget(gone);
-            info!(journey = %gone, "journey removed");
-        }
+        // Journeys no longer on this lane were removed or moved to another
+        // lane; `retain` forgets the removed ones, once, for all lanes.
         *entries = next;
     }
 
@@ -312,13 +420,7 @@ impl Scheduler {
         } = plan;
         let now = SystemTime::now();
         let now_n = unix_nanos(now);
-        while let Some(Reverse((due_n, _))) = heap.peek() {
-            if *due_n > now_n {
-                break;
-            }
-            let Some(Reverse((due_n, name))) = heap.pop() else {
-                break;
-            };
+        while let Some((due_n, name)) = heap.pop_due(now_n) {
             let Some(entry) = entries.get_mut(&name) else {
                 continue; // removed by a reload
             };
@@ -327,7 +429,7 @@ impl Scheduler {
             }
             let due = entry.due;
             entry.due = next_due(&name, &entry.journey.schedule, now.max(due), *slot);
-            heap.push(Reverse((unix_nanos(entry.due), name.clone())));
+            heap.push(unix_nanos(entry.due), name.clone());
             if entry.running.swap(true, Ordering::AcqRel) {
                 self.telemetry.record_skip(&name);
                 debug!(journey = %name, "previous run still going; tick skipped");
@@ -473,24 +575,118 @@ mod tests {
         );
     }
 
+    fn journeys(n: usize, every: Duration) -> Vec<Arc<Journey>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Journey {
+                    name: format!("j{i}").into(),
+                    source: "test.yaml:1".into(),
+                    schedule: Schedule::Every(every),
+                    timeout: Duration::from_secs(5),
+                    labels: Default::default(),
+                    steps: Vec::new(),
+                    redactor: Default::default(),
+                    fan_out: None,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sets_use_one_lane_per_8000_runs_a_second() {
+        let secs = Duration::from_secs;
+        assert_eq!(lanes_for(&journeys(1000, secs(1)), 2), 1);
+        assert_eq!(lanes_for(&journeys(8000, secs(1)), 4), 1);
+        assert_eq!(lanes_for(&journeys(8001, secs(1)), 4), 2);
+        assert_eq!(lanes_for(&journeys(20_000, secs(1)), 4), 3);
+        // Never more than there are, never none.
+        assert_eq!(lanes_for(&journeys(20_000, secs(1)), 2), 2);
+        assert_eq!(lanes_for(&[], 2), 1);
+        // 100,000 journeys every 10 s are 10,000 runs a second.
+        assert_eq!(lanes_for(&journeys(100_000, secs(10)), 8), 2);
+
+        // The lanes beyond those in use get nothing; the others share all.
+        let set = journeys(9000, secs(1));
+        let parts = partition(&set, 4);
+        assert_eq!(parts.len(), 4);
+        assert!(parts[2].is_empty() && parts[3].is_empty());
+        assert_eq!(parts[0].len() + parts[1].len(), 9000);
+        assert!(
+            parts[0].len().abs_diff(parts[1].len()) < 500,
+            "{} {}",
+            parts[0].len(),
+            parts[1].len()
+        );
+        let small = partition(&journeys(10, secs(1)), 4);
+        assert_eq!(small[0].len(), 10);
+    }
+
+    #[test]
+    fn the_due_heap_knows_its_next_two_wake_ups() {
+        let mut h = DueHeap::default();
+        assert_eq!(h.next_two(), (None, None));
+        for (due, name) in [(30, "c"), (10, "a"), (20, "b"), (10, "a2"), (30, "c2")] {
+            h.push(due, name.into());
+        }
+        assert_eq!(h.next_two(), (Some(10), Some(20)));
+        assert_eq!(h.pop_due(9), None);
+        let mut got = vec![h.pop_due(10).unwrap().1, h.pop_due(10).unwrap().1];
+        got.sort();
+        assert_eq!(got, [Arc::<str>::from("a"), "a2".into()]);
+        assert_eq!(h.pop_due(10), None);
+        assert_eq!(h.next_two(), (Some(20), Some(30)));
+        h.push(25, "d".into());
+        assert_eq!(h.next_two(), (Some(20), Some(25)));
+        assert_eq!(h.pop_due(100).unwrap(), (20, "b".into()));
+        assert_eq!(h.pop_due(100).unwrap(), (25, "d".into()));
+        assert_eq!(h.next_two(), (Some(30), None));
+        h.pop_due(100);
+        h.pop_due(100);
+        assert_eq!(h.next_two(), (None, None));
+        assert!(h.times.is_empty());
+    }
+
+    #[test]
+    fn a_journey_moved_to_another_lane_keeps_its_running_flag() {
+        let scheduler = Scheduler {
+            env: Arc::new(RunEnv {
+                location: "test".into(),
+                probes: crate::probes::ProbeEnv::new().unwrap().into(),
+            }),
+            telemetry: Arc::new(Telemetry::local()),
+            concurrency: Arc::new(Semaphore::new(1)),
+            tracker: TaskTracker::new(),
+            cancel_runs: CancellationToken::new(),
+            running: Default::default(),
+        };
+        let plan = || Plan {
+            entries: HashMap::new(),
+            heap: DueHeap::default(),
+            slot: MAX_SLOT,
+        };
+        let (mut a, mut b) = (plan(), plan());
+        let set = journeys(3, Duration::from_secs(1));
+        scheduler.apply(&set, &mut a);
+        // j1 has a run going on lane a when a reload moves it to lane b.
+        a.entries["j1"].running.store(true, Ordering::Release);
+        scheduler.apply(&[set[0].clone(), set[2].clone()], &mut a);
+        scheduler.apply(&[set[1].clone()], &mut b);
+        assert!(
+            b.entries["j1"].running.load(Ordering::Acquire),
+            "j1 could overlap its own run"
+        );
+        assert!(!a.entries.contains_key("j1"));
+        // Removed from every lane: its flag is dropped, and a journey of the
+        // same name added later starts afresh.
+        scheduler.apply(&[], &mut b);
+        scheduler.retain(&[set[0].clone(), set[2].clone()]);
+        assert_eq!(scheduler.running.lock().unwrap().len(), 2);
+        scheduler.apply(&[set[1].clone()], &mut b);
+        assert!(!b.entries["j1"].running.load(Ordering::Acquire));
+    }
+
     #[test]
     fn slots_narrow_as_the_run_rate_grows() {
-        let journeys = |n: usize, every: Duration| -> Vec<Arc<Journey>> {
-            (0..n)
-                .map(|i| {
-                    Arc::new(Journey {
-                        name: format!("j{i}").into(),
-                        source: "test.yaml:1".into(),
-                        schedule: Schedule::Every(every),
-                        timeout: Duration::from_secs(5),
-                        labels: Default::default(),
-                        steps: Vec::new(),
-                        redactor: Default::default(),
-                        fan_out: None,
-                    })
-                })
-                .collect()
-        };
         let secs = Duration::from_secs;
         // 10 runs a second: 8 of them would take 800 ms, so the 10 ms cap.
         assert_eq!(slot_for(&journeys(10, secs(1))), MAX_SLOT);

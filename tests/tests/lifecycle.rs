@@ -600,8 +600,8 @@ async fn run_sets_the_allocator_up_for_a_small_resident_set_unless_told_otherwis
 }
 
 /// `--worker-threads` sets the threads that run journeys (lanes, each with
-/// a runtime of its own), the agent says how many it has, and a count of 0
-/// is refused with the flag's name.
+/// a runtime of its own), the agent says how many it has and how many its
+/// journeys' rate uses, and a count of 0 is refused with the flag's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_sets_the_lanes_and_zero_is_refused() {
     let echo = start_echo().await;
@@ -621,6 +621,8 @@ async fn worker_threads_sets_the_lanes_and_zero_is_refused() {
             started.contains(&format!("workers={workers}")),
             "{extra:?}: {started}"
         );
+        // One journey a second needs only one of them.
+        assert!(started.contains("lanes_in_use=1"), "{extra:?}: {started}");
         let lanes = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
