@@ -398,7 +398,12 @@ impl Exchange<'_> {
                 format!("cannot connect to {addr}: {e}"),
             )
         })?;
-        let _ = tcp.set_nodelay(true);
+        // A request without a body over plain HTTP is one write, which
+        // Nagle's algorithm never holds back (it waits only while earlier
+        // data is unacknowledged); a body or TLS means several writes.
+        if https || !self.body.is_empty() {
+            let _ = tcp.set_nodelay(true);
+        }
         let (tcp, rx) = RxStream::new(tcp);
         if let Some(CallDetail::Http(h)) = rec.detail_mut() {
             h.peer = Some(addr);

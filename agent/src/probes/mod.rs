@@ -321,19 +321,38 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    let pending = match socket.connect(&addr.into()) {
-        Ok(()) => false,
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    enum State {
+        Connected,
+        Pending,
+        /// Writable, with an error or a hang-up: `SO_ERROR` says which.
+        Failed,
+    }
+    let state = match socket.connect(&addr.into()) {
+        Ok(()) => State::Connected,
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {
-            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
             let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
-            // Interrupted or failed: treat as not yet known and wait below.
-            !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+            match poll(&mut fds, PollTimeout::ZERO) {
+                // Writable and nothing wrong: the handshake is done, and
+                // asking for the socket's error would be a wasted call.
+                Ok(1) => match fds[0].revents() {
+                    Some(r) if r == PollFlags::POLLOUT => State::Connected,
+                    Some(r) if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) => {
+                        State::Failed
+                    }
+                    _ => State::Pending,
+                },
+                // Interrupted or failed: treat as not yet known and wait below.
+                _ => State::Pending,
+            }
         }
         Err(e) => return Err(e),
     };
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
-    if pending {
-        stream.writable().await?;
+    match state {
+        State::Connected => return Ok(stream),
+        State::Pending => stream.writable().await?,
+        State::Failed => {}
     }
     match stream.take_error()? {
         Some(e) => Err(e),
