@@ -306,7 +306,13 @@ where
         if conn_open && conn.as_mut().poll(cx).is_ready() {
             conn_open = false;
         }
-        work.as_mut().poll(cx)
+        let out = work.as_mut().poll(cx);
+        // The work may have just queued a request: the connection writes it
+        // now rather than after another trip through the runtime's queue.
+        if out.is_pending() && conn_open && conn.as_mut().poll(cx).is_ready() {
+            conn_open = false;
+        }
+        out
     })
     .await
 }

@@ -182,15 +182,21 @@ pub struct Ctx<'a> {
 }
 
 /// Runs one step's action.
+///
+/// Every kind but HTTP is boxed: a future is as large as its largest
+/// state, and a run's future is copied whole when it is spawned. Unboxed,
+/// the browser and TCP probes made every HTTP run's future twice the size.
 pub async fn run(action: &Action, ctx: Ctx<'_>) -> Result<Observation, ProbeError> {
     match action {
         Action::Http(req) => http::run(req, ctx).await.map(Observation::Http),
-        Action::Sql(c) => sql::run(c, ctx).await.map(Observation::Sql),
-        Action::Redis(c) => redis::run(c, ctx).await.map(Observation::Redis),
-        Action::Tcp(c) => tcp::run(c, ctx).await.map(Observation::Tcp),
-        Action::Dns(q) => dns::run(q, ctx).await.map(Observation::Dns),
-        Action::Tls(c) => tls::run(c, ctx).await.map(Observation::Tls),
-        Action::Browser(b) => browser::run(b, ctx).await.map(Observation::Browser),
+        Action::Sql(c) => Box::pin(sql::run(c, ctx)).await.map(Observation::Sql),
+        Action::Redis(c) => Box::pin(redis::run(c, ctx)).await.map(Observation::Redis),
+        Action::Tcp(c) => Box::pin(tcp::run(c, ctx)).await.map(Observation::Tcp),
+        Action::Dns(q) => Box::pin(dns::run(q, ctx)).await.map(Observation::Dns),
+        Action::Tls(c) => Box::pin(tls::run(c, ctx)).await.map(Observation::Tls),
+        Action::Browser(b) => Box::pin(browser::run(b, ctx))
+            .await
+            .map(Observation::Browser),
     }
 }
 
