@@ -802,3 +802,65 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::drive;
+
+    /// A request the work queues is written by the connection in the same
+    /// poll: waiting for another poll would put the runtime's queue (other
+    /// runs' work) between the call's start and its request.
+    #[test]
+    fn the_connection_writes_what_the_work_queued_in_the_same_poll() {
+        let queued = Cell::new(false);
+        let written = Cell::new(false);
+        let conn = std::future::poll_fn(|_| {
+            if queued.get() {
+                written.set(true);
+            }
+            Poll::<()>::Pending
+        });
+        let work = std::future::poll_fn(|_| {
+            if written.get() {
+                return Poll::Ready("answered");
+            }
+            queued.set(true);
+            Poll::Pending
+        });
+        let mut both = pin!(drive(conn, work));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(both.as_mut().poll(&mut cx).is_pending());
+        assert!(written.get(), "the queued request waited for another poll");
+        assert_eq!(both.as_mut().poll(&mut cx), Poll::Ready("answered"));
+    }
+
+    /// A connection that has ended is not polled again; the work goes on.
+    #[test]
+    fn an_ended_connection_is_not_polled_again() {
+        let polls = Cell::new(0);
+        let conn = std::future::poll_fn(|_| {
+            polls.set(polls.get() + 1);
+            Poll::Ready(())
+        });
+        let rounds = Cell::new(0);
+        let work = std::future::poll_fn(|_| {
+            rounds.set(rounds.get() + 1);
+            if rounds.get() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let mut both = pin!(drive(conn, work));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(both.as_mut().poll(&mut cx).is_pending());
+        assert!(both.as_mut().poll(&mut cx).is_pending());
+        assert!(both.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.get(), 1);
+    }
+}
