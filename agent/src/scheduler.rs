@@ -489,9 +489,10 @@ impl Scheduler {
 /// agent's purge delay 0, see `main.rs`) and are faulted in again by the
 /// next burst. A page that holds a live block is never returned, so its
 /// other seven blocks serve every burst: at 1,000 runs a second, 0.12
-/// `madvise` calls per probe instead of 0.36, and 10–18 % less CPU per
-/// probe (`bench/RESULTS.md`, figure 1). It costs at most `PAGES` × 64 KiB
-/// on a thread that runs journeys, and nothing on the others.
+/// `madvise` calls per probe instead of 0.36, and 10 % less CPU per probe
+/// (18 % at 5,000; `bench/RESULTS.md`, figure 1). It costs at most
+/// `PAGES` × 64 KiB on a thread that runs journeys, and nothing on the
+/// others.
 fn keep_buffer_pages() {
     #[cfg(feature = "mimalloc")]
     {
