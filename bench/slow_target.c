@@ -251,8 +251,8 @@ static void *answerer(void *arg) {
 }
 
 int main(void) {
-    /* Sleeps end at their deadline, not up to the default 50 us timer slack after it;
-     * every connection's thread inherits it. */
+    /* The answerer's timed wait ends when asked, not up to the default 50 us timer
+     * slack after it; the answerer, started below, inherits the setting. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     int srv = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
