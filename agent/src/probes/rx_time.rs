@@ -120,9 +120,30 @@ impl AsyncRead for RxStream {
             let inner = &this.inner;
             let read = SCRATCH.with_borrow_mut(|scratch| {
                 let want = buf.remaining().min(scratch.len());
+                // A read that returns less than it asked for has emptied
+                // the receive queue (epoll(7) on stream sockets): the
+                // socket is then reported not ready, as a read that would
+                // block would report it, so the next read (hyper's check
+                // for a closed keep-alive connection, after every
+                // response) waits for the next arrival instead of costing
+                // a system call that finds nothing. Reporting it from
+                // inside `try_io` clears only the readiness seen before
+                // this read; data or a close that arrives after it is
+                // still reported.
+                let mut drained = None;
                 let r = inner.try_io(Interest::READABLE, || {
-                    sys::recv(inner, &mut scratch[..want], cmsg)
+                    match sys::recv(inner, &mut scratch[..want], cmsg)? {
+                        (n, at) if n > 0 && n < want => {
+                            drained = Some((n, at));
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                        full => Ok(full),
+                    }
                 });
+                let r = match (r, drained) {
+                    (_, Some(short)) => Ok(short),
+                    (r, None) => r,
+                };
                 if let Ok((n, _)) = &r {
                     buf.put_slice(&scratch[..*n]);
                 }
@@ -352,6 +373,71 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(matches!(result, Poll::Ready(Err(_))), "{result:?}");
+    }
+
+    /// Whether the runtime still reports `stream` readable: `try_io` runs
+    /// its closure only then.
+    fn reported_readable(stream: &RxStream) -> bool {
+        let mut ran = false;
+        let _ = stream.inner.try_io(Interest::READABLE, || {
+            ran = true;
+            Ok(())
+        });
+        ran
+    }
+
+    #[tokio::test]
+    async fn a_short_read_ends_readiness_without_losing_later_bytes_or_the_close() {
+        let (mut stream, _clock, mut peer) = pair().await;
+        let mut buf = [0u8; 64];
+        peer.write_all(b"abc").expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("first read")
+            .expect("read");
+        assert_eq!(&buf[..n], b"abc");
+        if !stream.kernel_timestamps() {
+            return; // plain reads: the runtime's own readiness rules
+        }
+        // Fewer bytes than asked for: the queue is empty, and the next read
+        // waits for an arrival rather than asking the kernel.
+        assert!(!reported_readable(&stream), "readiness kept after a short read");
+        // Bytes that come later still wake the reader.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(b"def").expect("write");
+            peer
+        });
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("bytes written after a short read were never reported")
+            .expect("read");
+        assert_eq!(&buf[..n], b"def");
+        // Data and the close in one go: the close is still seen.
+        let mut peer = writer.join().expect("writer");
+        peer.write_all(b"ghi").expect("write");
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("the close after a short read was never reported")
+            .expect("read to end");
+        assert_eq!(rest, b"ghi");
+    }
+
+    #[tokio::test]
+    async fn a_full_read_keeps_the_socket_readable() {
+        let (mut stream, _clock, mut peer) = pair().await;
+        peer.write_all(b"abcdef").expect("write");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = [0u8; 3];
+        stream.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"abc");
+        // The buffer filled: there may be more, so the next read asks.
+        assert!(reported_readable(&stream));
+        stream.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"def");
     }
 
     /// Waits until the host stamps received segments: the first stream of
