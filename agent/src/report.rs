@@ -47,8 +47,12 @@ impl SpanId {
 macro_rules! hex_id {
     ($t:ty) => {
         impl fmt::Display for $t {
+            /// Through a buffer on the stack: every run formats its ids
+            /// into its `traceparent` header.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&hex::encode(self.0))
+                let mut buf = [0u8; 2 * std::mem::size_of::<$t>()];
+                hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+                f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
             }
         }
         impl fmt::Debug for $t {
@@ -450,4 +454,27 @@ fn ser_system_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, 
         .unwrap_or_default()
         .as_secs_f64();
     s.serialize_f64(unix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_render_as_lowercase_hex_in_byte_order() {
+        let mut trace = [0u8; 16];
+        trace[0] = 0x0a;
+        trace[15] = 0xf0;
+        assert_eq!(
+            TraceId(trace).to_string(),
+            "0a0000000000000000000000000000f0"
+        );
+        let span = SpanId([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        assert_eq!(span.to_string(), "0123456789abcdef");
+        assert_eq!(format!("{span:?}"), "0123456789abcdef");
+        assert_eq!(
+            serde_json::to_string(&span).expect("serialise"),
+            "\"0123456789abcdef\""
+        );
+    }
 }

@@ -401,7 +401,10 @@ mod tests {
         }
         // Fewer bytes than asked for: the queue is empty, and the next read
         // waits for an arrival rather than asking the kernel.
-        assert!(!reported_readable(&stream), "readiness kept after a short read");
+        assert!(
+            !reported_readable(&stream),
+            "readiness kept after a short read"
+        );
         // Bytes that come later still wake the reader.
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
