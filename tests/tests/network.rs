@@ -774,3 +774,35 @@ async fn blackbox_tls_and_dns_series_on_metrics() {
         agent.logs()
     );
 }
+
+#[tokio::test]
+async fn http_body_ended_by_the_close_is_read_in_full_across_pauses() {
+    // No Content-Length: the body ends where the server closes. It comes in
+    // two writes 50 ms apart, so the probe's first read is short and the
+    // rest, then the close, must still be noticed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the probe closed before its request was whole");
+            request.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst part, ")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.write_all(b"second part").await.unwrap();
+    });
+    let step = format!(
+        "  - name: get\n    http: {{ url: \"http://127.0.0.1:{port}/\" }}\n    \
+         expect: {{ status: 200, body: {{ contains: \"first part, second part\" }} }}\n"
+    );
+    let (report, took) = run_one(&step, None).await;
+    server.await.expect("server task");
+    assert_passed(&report);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
