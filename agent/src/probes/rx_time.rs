@@ -140,10 +140,7 @@ impl AsyncRead for RxStream {
                         full => Ok(full),
                     }
                 });
-                let r = match (r, drained) {
-                    (_, Some(short)) => Ok(short),
-                    (r, None) => r,
-                };
+                let r = drained.map_or(r, Ok);
                 if let Ok((n, _)) = &r {
                     buf.put_slice(&scratch[..*n]);
                 }
