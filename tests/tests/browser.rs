@@ -1378,29 +1378,59 @@ async fn waiting_for_a_browser_slot_is_not_counted_as_step_time() {
 
 /// When each of a rig's Chromium profiles was first seen in use, and when
 /// its directory was last seen on disk; watched from a plain thread.
+///
+/// For each profile it starts a lingering process that names the profile on
+/// its command line, as Chromium's crash handler does. The agent must kill
+/// it before it removes the profile, and its kill loop waits between passes,
+/// so every profile outlives its run by a wide margin that a 10 ms poll
+/// cannot miss, however busy the machine.
 struct ProfileLife {
     seen: Arc<Mutex<BTreeMap<String, (std::time::SystemTime, std::time::SystemTime)>>>,
+    holders: Arc<Mutex<Vec<(String, std::process::Child)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What [`ProfileLife`] saw of one profile.
+struct Seen {
+    profile: String,
+    first_in_use: std::time::SystemTime,
+    last_on_disk: std::time::SystemTime,
+    /// How the lingering process naming the profile ended; `None` when
+    /// the agent left it running.
+    holder: Option<std::process::ExitStatus>,
+}
+
 impl ProfileLife {
     fn start(rig: &Rig) -> Self {
+        use std::os::unix::process::CommandExt;
         let path = rig.chromedriver.clone();
         let seen: Arc<Mutex<BTreeMap<_, _>>> = Arc::default();
+        let holders: Arc<Mutex<Vec<_>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
+            let (seen, holders, stop) = (seen.clone(), holders.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let procs = processes();
-                    let now = std::time::SystemTime::now();
                     let found = profiles(&descendants(&procs, &driver_pids(&path, &procs)));
                     let mut seen = seen.lock().unwrap();
                     for p in found {
-                        seen.entry(p).or_insert((now, now));
+                        if seen.contains_key(&p) {
+                            continue;
+                        }
+                        let now = std::time::SystemTime::now();
+                        seen.insert(p.clone(), (now, now));
+                        let holder = std::process::Command::new("sleep")
+                            .arg0(format!("holder --database={p}/Crashpad"))
+                            .arg("60")
+                            .spawn()
+                            .expect("start a process that names the profile");
+                        holders.lock().unwrap().push((p, holder));
                     }
                     for (p, (_, present)) in seen.iter_mut() {
+                        // Stamped before the look: present at least until then.
+                        let now = std::time::SystemTime::now();
                         if Path::new(p).exists() {
                             *present = now;
                         }
@@ -1412,26 +1442,38 @@ impl ProfileLife {
         };
         ProfileLife {
             seen,
+            holders,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Stops watching; returns `(profile, first seen in use, last seen on
-    /// disk)` in the order the profiles appeared.
-    fn finish(mut self) -> Vec<(String, std::time::SystemTime, std::time::SystemTime)> {
+    /// Stops watching; returns what it saw in the order the profiles
+    /// appeared. A lingering process the agent left running is killed here.
+    fn finish(mut self) -> Vec<Seen> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
-        let mut out: Vec<_> = self
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(p, (first, last))| (p.clone(), *first, *last))
+        let seen = self.seen.lock().unwrap().clone();
+        let mut out: Vec<Seen> = std::mem::take(&mut *self.holders.lock().unwrap())
+            .into_iter()
+            .map(|(profile, mut holder)| {
+                let status = holder.try_wait().unwrap();
+                if status.is_none() {
+                    holder.kill().unwrap();
+                    holder.wait().unwrap();
+                }
+                let (first_in_use, last_on_disk) = seen[&profile];
+                Seen {
+                    profile,
+                    first_in_use,
+                    last_on_disk,
+                    holder: status,
+                }
+            })
             .collect();
-        out.sort_by_key(|(_, first, _)| *first);
+        out.sort_by_key(|s| s.first_in_use);
         out
     }
 }
@@ -1439,15 +1481,21 @@ impl ProfileLife {
 impl Drop for ProfileLife {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for (_, holder) in self.holders.lock().unwrap().iter_mut() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
     }
 }
 
-/// A run's clock stops when its WebDriver session is closed: deleting the
-/// Chromium profile afterwards is the agent's work, not the target's. The
-/// run still holds its browser slot until the profile is gone, so with one
-/// slot the next run's browser starts only after that.
+/// A run's clock stops when its WebDriver session is closed: killing what
+/// still uses the Chromium profile and deleting it afterwards is the
+/// agent's work, not the target's. The run still holds its browser slot
+/// until the profile is gone, so with one slot the next run's browser
+/// starts only after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_ends_when_its_browser_quits_and_its_slot_is_held_until_the_profile_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
     let _slot = browser_slots(1).await;
     let rig = Rig::new();
     let pages = Pages::start().await;
@@ -1466,28 +1514,48 @@ async fn run_ends_when_its_browser_quits_and_its_slot_is_held_until_the_profile_
     let seen = life.finish();
     assert_passed(&a);
     assert_passed(&b);
-    assert_eq!(seen.len(), 2, "two sessions: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "two sessions: {:?}",
+        seen.iter().map(|s| &s.profile).collect::<Vec<_>>()
+    );
+    for s in &seen {
+        assert_eq!(
+            s.holder.and_then(|h| h.signal()),
+            Some(SIGKILL),
+            "the process naming {} outlived its run: {:?}",
+            s.profile,
+            s.holder
+        );
+    }
     let mut ends: Vec<std::time::SystemTime> =
         [&a, &b].iter().map(|r| r.started_at + r.duration).collect();
     ends.sort();
-    for ((profile, _, last_on_disk), end) in seen.iter().zip(&ends) {
-        let after = last_on_disk.duration_since(*end).unwrap_or_else(|e| {
+    for (s, end) in seen.iter().zip(&ends) {
+        let after = s.last_on_disk.duration_since(*end).unwrap_or_else(|e| {
             panic!(
-                "the run ended {:?} after its profile {profile} was last seen on disk: \
+                "the run ended {:?} after its profile {} was last seen on disk: \
                  its duration includes removing the profile",
-                e.duration()
+                e.duration(),
+                s.profile
             )
         });
-        println!("profile {profile} still on disk {after:?} after its run ended");
+        println!(
+            "profile {} still on disk {after:?} after its run ended",
+            s.profile
+        );
     }
-    let (first_profile_last, second_profile_first) = (seen[0].2, seen[1].1);
     assert!(
-        first_profile_last < second_profile_first,
+        seen[0].last_on_disk < seen[1].first_in_use,
         "the second browser started while the first run's profile was still on disk: \
          the slot was given up too early"
     );
-    assert_profiles_removed(&seen.iter().map(|(p, _, _)| p.clone()).collect());
+    assert_profiles_removed(&seen.iter().map(|s| s.profile.clone()).collect());
 }
+
+/// SIGKILL's number on Linux.
+const SIGKILL: i32 = 9;
 
 /// The addresses listening on TCP `port` in this network namespace, from
 /// /proc/net/tcp and /proc/net/tcp6.
