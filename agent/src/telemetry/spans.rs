@@ -80,23 +80,45 @@ impl Pb<'_> {
     }
 
     /// A nested message. Its length is known only once it is written: one
-    /// byte is reserved (enough below 128 bytes), and the body moves up
-    /// when the length needs more.
+    /// byte is reserved (enough below 128 bytes), and the body moves when
+    /// the length needs more.
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Pb<'_>)) {
+        self.message_in(field, 1, body);
+    }
+
+    /// A nested message whose length takes `width` bytes as a varint most
+    /// of the time (a span: 128 bytes to 16 KiB takes two); the body moves
+    /// only when it does not.
+    fn message_in(&mut self, field: u32, width: usize, body: impl FnOnce(&mut Pb<'_>)) {
         encode_key(field, WireType::LengthDelimited, self.0);
         let at = self.0.len();
-        self.0.push(0);
+        self.0.resize(at + width, 0);
         body(&mut Pb(self.0));
-        let len = self.0.len() - at - 1;
-        if len < 0x80 {
-            self.0[at] = len as u8;
+        let len = self.0.len() - at - width;
+        let mut head = [0u8; 10];
+        let mut slot = &mut head[..];
+        encode_varint(len as u64, &mut slot);
+        let n = 10 - slot.len();
+        if n == width {
+            self.0[at..at + n].copy_from_slice(&head[..n]);
         } else {
-            let mut head = [0u8; 10];
-            let mut slot = &mut head[..];
-            encode_varint(len as u64, &mut slot);
-            let n = 10 - slot.len();
-            self.0.splice(at..=at, head[..n].iter().copied());
+            self.0.splice(at..at + width, head[..n].iter().copied());
         }
+    }
+}
+
+/// Bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    prost::encoding::encoded_len_varint(v)
+}
+
+/// Appends `v` as a varint; inline for the one-byte lengths that most are.
+#[inline]
+fn put_varint(v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        encode_varint(v, out);
     }
 }
 
@@ -113,7 +135,55 @@ enum Value<'a> {
 struct Attrs<'p, 'b>(&'p mut Pb<'b>);
 
 impl Attrs<'_, '_> {
+    /// One `KeyValue`. Its lengths are worked out first, so it is written
+    /// in one pass into space reserved once; a formatted value, whose
+    /// length is not known before it is written, goes the general way.
     fn add(&mut self, key: &[&str], value: Value<'_>) {
+        let key_len: usize = key.iter().map(|k| k.len()).sum();
+        // `AnyValue`: its field's tag byte and the value.
+        let any_len = match value {
+            Value::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+            Value::Bool(_) => 2,
+            Value::Int(i) => 1 + varint_len(i as u64),
+            Value::Double(_) => 9,
+            Value::Display(_) => return self.add_formatted(key, value),
+        };
+        let kv_len =
+            1 + varint_len(key_len as u64) + key_len + 1 + varint_len(any_len as u64) + any_len;
+        let out = &mut *self.0.0;
+        out.reserve(1 + varint_len(kv_len as u64) + kv_len);
+        out.push(0x4a); // field 9, length-delimited
+        put_varint(kv_len as u64, out);
+        out.push(0x0a); // KeyValue.key
+        put_varint(key_len as u64, out);
+        for k in key {
+            out.extend_from_slice(k.as_bytes());
+        }
+        out.push(0x12); // KeyValue.value
+        put_varint(any_len as u64, out);
+        match value {
+            Value::Str(s) => {
+                out.push(0x0a); // AnyValue.string_value
+                put_varint(s.len() as u64, out);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Bool(b) => {
+                out.push(0x10); // AnyValue.bool_value
+                out.push(u8::from(b));
+            }
+            Value::Int(i) => {
+                out.push(0x18); // AnyValue.int_value
+                put_varint(i as u64, out);
+            }
+            Value::Double(d) => {
+                out.push(0x21); // AnyValue.double_value
+                out.extend_from_slice(&d.to_bits().to_le_bytes());
+            }
+            Value::Display(_) => {}
+        }
+    }
+
+    fn add_formatted(&mut self, key: &[&str], value: Value<'_>) {
         self.0.message(9, |kv| {
             kv.strs(1, key);
             kv.message(2, |any| match value {
@@ -154,7 +224,7 @@ struct Span<'a> {
 
 /// Writes one `Span` as an entry of `ScopeSpans.spans` (field 2).
 fn span(out: &mut Pb<'_>, trace: &[u8; 16], s: Span<'_>, attrs: impl FnOnce(&mut Attrs<'_, '_>)) {
-    out.message(2, |p| {
+    out.message_in(2, 2, |p| {
         p.bytes(1, trace);
         p.bytes(2, &s.id);
         if let Some(parent) = &s.parent {
@@ -483,6 +553,57 @@ mod tests {
         match attr(s, k) {
             Some(any_value::Value::StringValue(v)) => Some(v),
             _ => None,
+        }
+    }
+
+    /// Attributes of every kind and span messages of every size around the
+    /// varint boundaries decode to what was written.
+    #[test]
+    fn lengths_at_varint_boundaries_decode() {
+        use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+        for name_len in [
+            0, 1, 100, 125, 126, 127, 128, 200, 16_370, 16_380, 16_384, 70_000,
+        ] {
+            let name = "n".repeat(name_len);
+            let long = "v".repeat(name_len);
+            let mut buf = Vec::new();
+            let mut pb = Pb(&mut buf);
+            pb.message_in(2, 2, |p| {
+                p.str(5, &name);
+                let mut a = Attrs(p);
+                a.str("s", &long);
+                a.add(&["pre.", &name], Value::Int(-3));
+                a.add(&["b"], Value::Bool(true));
+                a.add(&["d"], Value::Double(0.25));
+                a.add(&["i"], Value::Int(i64::MAX));
+                a.add(&["ip"], Value::Display(&std::net::Ipv4Addr::LOCALHOST));
+            });
+            let ss = ScopeSpans::decode(buf.as_slice()).expect("valid protobuf");
+            assert_eq!(ss.spans.len(), 1, "name length {name_len}");
+            let span = &ss.spans[0];
+            assert_eq!(span.name, name);
+            let want = [
+                ("s".to_string(), any_value::Value::StringValue(long.clone())),
+                (format!("pre.{name}"), any_value::Value::IntValue(-3)),
+                ("b".into(), any_value::Value::BoolValue(true)),
+                ("d".into(), any_value::Value::DoubleValue(0.25)),
+                ("i".into(), any_value::Value::IntValue(i64::MAX)),
+                (
+                    "ip".into(),
+                    any_value::Value::StringValue("127.0.0.1".into()),
+                ),
+            ];
+            let got: Vec<(String, any_value::Value)> = span
+                .attributes
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.clone().and_then(|v| v.value).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "name length {name_len}");
         }
     }
 
