@@ -282,6 +282,9 @@ pub fn parse_http_url(text: &str) -> Result<Url, String> {
 
 /// The URL without user:password, as exported in `url.full`.
 pub fn strip_userinfo(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.as_str().to_owned();
+    }
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
@@ -810,7 +813,24 @@ mod tests {
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
 
-    use super::drive;
+    use super::{drive, strip_userinfo};
+
+    #[test]
+    fn userinfo_is_stripped_and_a_url_without_it_is_kept_as_it_is() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        for (given, exported) in [
+            (
+                "http://user:pw@example.com:8080/a?b=1#c",
+                "http://example.com:8080/a?b=1#c",
+            ),
+            ("https://user@example.com/", "https://example.com/"),
+            ("https://:pw@example.com/x", "https://example.com/x"),
+            ("http://127.0.0.1:9/p?q", "http://127.0.0.1:9/p?q"),
+            ("http://[::1]/", "http://[::1]/"),
+        ] {
+            assert_eq!(strip_userinfo(&u(given)), exported, "{given}");
+        }
+    }
 
     /// A request the work queues is written by the connection in the same
     /// poll: waiting for another poll would put the runtime's queue (other
