@@ -16,7 +16,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint as varint_len};
 
 use super::names::*;
 use crate::report::{CallDetail, JourneyReport, Outcome, Phase, StepOutcome};
@@ -107,11 +107,6 @@ impl Pb<'_> {
     }
 }
 
-/// Bytes of `v` as a varint.
-fn varint_len(v: u64) -> usize {
-    prost::encoding::encoded_len_varint(v)
-}
-
 /// Appends `v` as a varint; inline for the one-byte lengths that most are.
 #[inline]
 fn put_varint(v: u64, out: &mut Vec<u8>) {
@@ -146,7 +141,7 @@ impl Attrs<'_, '_> {
             Value::Bool(_) => 2,
             Value::Int(i) => 1 + varint_len(i as u64),
             Value::Double(_) => 9,
-            Value::Display(_) => return self.add_formatted(key, value),
+            Value::Display(d) => return self.add_formatted(key, d),
         };
         let kv_len =
             1 + varint_len(key_len as u64) + key_len + 1 + varint_len(any_len as u64) + any_len;
@@ -179,20 +174,16 @@ impl Attrs<'_, '_> {
                 out.push(0x21); // AnyValue.double_value
                 out.extend_from_slice(&d.to_bits().to_le_bytes());
             }
+            // Written by `add_formatted` above.
             Value::Display(_) => {}
         }
     }
 
-    fn add_formatted(&mut self, key: &[&str], value: Value<'_>) {
+    /// One `KeyValue` whose string value is formatted in place.
+    fn add_formatted(&mut self, key: &[&str], value: &dyn std::fmt::Display) {
         self.0.message(9, |kv| {
             kv.strs(1, key);
-            kv.message(2, |any| match value {
-                Value::Str(s) => any.str(1, s),
-                Value::Display(d) => any.display(1, d),
-                Value::Bool(b) => any.varint(2, u64::from(b)),
-                Value::Int(i) => any.varint(3, i as u64),
-                Value::Double(d) => any.fixed64(4, d.to_bits()),
-            });
+            kv.message(2, |any| any.display(1, value));
         });
     }
 
