@@ -1541,11 +1541,13 @@ class Harness:
         rev = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "agent", "demo"],
                                capture_output=True).stdout.strip()
-        last = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct", "--", "agent", "demo"],
-                              capture_output=True, text=True).stdout.strip()
-        if last.isdigit() and int(last) > self.vantage.stat().st_mtime:
+        sources = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--", "agent", "demo", "Cargo.lock"],
+                                 capture_output=True, text=True).stdout.split()
+        newest = max((p.stat().st_mtime for p in (ROOT / f for f in sources) if p.exists()), default=0.0)
+        if newest > self.vantage.stat().st_mtime:
             # --no-build on binaries older than the code: say so rather than imply HEAD.
-            rev += " (the binaries predate the last agent/demo commit)"
+            # File times, not commit times: a commit made after the build changes no file.
+            rev += " (the binaries are older than the agent/demo sources)"
         return {
             "date": started.strftime("%Y-%m-%d %H:%M UTC"),
             "elapsed_s": round(elapsed),
